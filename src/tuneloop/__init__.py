@@ -1,0 +1,25 @@
+"""tuneloop: self-hosted model customization (SFT, DPO; LoRA or full-rank) with the SageMaker V3
+trainer API. Heavy libraries load only when a job trains, so importing tuneloop is cheap.
+
+    from tuneloop import SFTTrainer, TrainingType
+    job = SFTTrainer(model="tuneloop/tiny-qwen3", training_type=TrainingType.LORA,
+                     training_dataset="train.jsonl").train(wait=True)
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CustomizationTechnique",
+    "DPOTrainer",
+    "SFTTrainer",
+    "TrainingJob",
+    "TrainingType",
+    "TuneloopError",
+    "list_supported_models",
+]
+
+from tuneloop.errors import TuneloopError
+from tuneloop.sdk import (CustomizationTechnique, DPOTrainer, SFTTrainer, TrainingJob, TrainingType,
+                          list_supported_models)

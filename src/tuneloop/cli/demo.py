@@ -1,0 +1,109 @@
+"""tuneloop demo (run by `make demo`): the whole loop on the built-in default model.
+
+Shows the base model's answers, runs SFT (LoRA) on a bundled set, shows the tuned answers, runs
+DPO on a bundled preference set, and prints a summary: loss, exact match before/after, preference
+accuracy before/after. Jobs go through the same service and runner processes as `tuneloop tune`,
+in project `demo` of your TUNELOOP_HOME.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from importlib import resources
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+PROJECT = "demo"
+
+
+def _data(name: str) -> Path:
+    return Path(str(resources.files("tuneloop") / "demo_data" / name))
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _run_job(console: Console, svc, technique: str, dataset: Path) -> dict:
+    from tuneloop.cli.follow import follow
+    from tuneloop.service.jobs import TuneRequest
+
+    prep = svc.prepare(TuneRequest(technique=technique, dataset=str(dataset), project=PROJECT))
+    p = prep.plan
+    console.print(f"  plan: {p.device}/{p.precision}, batch {p.per_device_batch}x{p.grad_accum}, {p.total_steps} steps, "
+                  f"lr {p.learning_rate:g}, LoRA r{p.lora_rank}")
+    job = svc.submit(prep, force=True).job
+    console.print(f"  job {job['id']} (runner process; `tuneloop logs {job['id']}` shows its events)")
+    job = follow(svc, job["id"])
+    if job["state"] != "completed":
+        from tuneloop.errors import JobFailedError
+
+        raise JobFailedError(f"Demo {technique} job {job['state']}: {job['error']}",
+                             hint=f"See: tuneloop logs {job['id']} --project {PROJECT}")
+    return job
+
+
+def run_demo(keep: bool = False) -> int:
+    from tuneloop.cli.common import service
+    from tuneloop.errors import TuneloopError
+
+    console = Console()
+    try:
+        return _demo(console, service())
+    except TuneloopError as e:
+        console.print(e.render(), markup=False)
+        return e.exit_code
+
+
+def _demo(console: Console, svc) -> int:
+    from tuneloop.evaluation.quick import exact_match, generate, load_for_eval, preference_accuracy
+    from tuneloop.models.builtin import ensure_builtin
+
+    started = time.monotonic()
+    model_id = "tuneloop/tiny-qwen3"
+    base_dir = str(ensure_builtin(model_id, svc.settings.models_dir))
+    sft_rows, dpo_rows = _rows(_data("sft.jsonl")), _rows(_data("dpo.jsonl"))
+    prompts, refs = [r["prompt"] for r in sft_rows], [r["completion"] for r in sft_rows]
+
+    console.rule(f"[bold]1. Base model {model_id}")
+    base, tok = load_for_eval(base_dir)
+    base_answers = generate(base, tok, prompts)
+    em_before = exact_match(base_answers, refs)
+    pref_before, _ = preference_accuracy(base, tok, dpo_rows)
+    console.print(f"  exact match on {len(prompts)} bundled questions: {em_before:.0%}")
+
+    console.rule("[bold]2. SFT (LoRA) on the bundled question set")
+    sft_job = _run_job(console, svc, "sft", _data("sft.jsonl"))
+    tuned, tok = load_for_eval(base_dir, sft_job["output_path"])
+    tuned_answers = generate(tuned, tok, prompts)
+    em_after = exact_match(tuned_answers, refs)
+
+    table = Table(title="Answers through the chat template (greedy)", title_justify="left")
+    for col in ("prompt", "expected", "base", "tuned"):
+        table.add_column(col, overflow="fold")
+    for p, r, b, t in list(zip(prompts, refs, base_answers, tuned_answers))[:8]:
+        table.add_row(p, r, repr(b[:30]), ("✅ " if t.strip() == r else "❌ ") + t)
+    console.print(table)
+
+    console.rule("[bold]3. DPO (LoRA) on the bundled preference set")
+    dpo_job = _run_job(console, svc, "dpo", _data("dpo.jsonl"))
+    dpo_model, tok = load_for_eval(base_dir, dpo_job["output_path"])
+    pref_after, _ = preference_accuracy(dpo_model, tok, dpo_rows)
+
+    console.rule("[bold]Summary")
+    summary = Table(show_header=True)
+    for col in ("stage", "metric", "before", "after"):
+        summary.add_column(col)
+    sm, dm = sft_job["metrics"] or {}, dpo_job["metrics"] or {}
+    summary.add_row("SFT", "train loss (mean / last step)", "-", f"{sm.get('train_loss', 0):.3f} / {sm.get('final_loss', 0):.3f}")
+    summary.add_row("SFT", "exact match, trained prompts", f"{em_before:.0%}", f"{em_after:.0%}")
+    summary.add_row("DPO", "preference accuracy, log p(chosen) > log p(rejected)", f"{pref_before:.0%}", f"{pref_after:.0%}")
+    console.print(summary)
+    console.print(f"Done in {time.monotonic() - started:.0f} s. Outputs:\n  SFT adapter  {sft_job['output_path']}\n"
+                  f"  DPO adapter  {dpo_job['output_path']}\n"
+                  f"Inspect: tuneloop status --project {PROJECT} | tuneloop registry list --project {PROJECT} | "
+                  f"tuneloop config --project {PROJECT}")
+    return 0

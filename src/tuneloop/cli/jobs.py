@@ -1,0 +1,98 @@
+"""tuneloop status [JOB] | logs JOB [--follow] | cancel JOB: watching and stopping jobs."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tuneloop.cli.common import duration, handle_errors, print_json, public_job, service
+
+
+def _jobs_table(jobs: list[dict], title: str) -> Table:
+    table = Table(title=title, title_justify="left")
+    table.add_column("job", no_wrap=True)
+    for col in ("technique", "type", "state", "step", "loss", "time", "output"):
+        table.add_column(col, overflow="fold")
+    for j in jobs:
+        loss = f"{j['loss']:.4f}" if j["loss"] is not None else "-"
+        table.add_row(j["id"], j["technique"], j["training_type"], j["state"], f"{j['step']}/{j['total_steps']}",
+                      loss, duration(j), j["output_path"] or (j["error"] or "")[:60])
+    return table
+
+
+def tune_status(project: Optional[str], as_json: bool) -> None:
+    """The latest job of each technique in the project (the seed's `do/tune --status`)."""
+    from tuneloop.settings import resolve_project
+
+    svc = service()
+    project = resolve_project(project)
+    latest = [j for t in ("sft", "dpo", "rlvr", "rlaif") if (j := svc.store.latest_job(project, t))]
+    if as_json:
+        return print_json([public_job(j) for j in latest])
+    if not latest:
+        print(f"No tune jobs in project {project!r} yet. Start one: tuneloop tune --technique sft --dataset FILE")
+        return
+    Console().print(_jobs_table(latest, f"Tracked tune jobs in project {project!r}"))
+
+
+@handle_errors
+def status(job: Optional[str] = typer.Argument(None, help="Job name (default: all jobs of the project)."),
+           project: Optional[str] = typer.Option(None, "--project", envvar="TUNELOOP_PROJECT"),
+           as_json: bool = typer.Option(False, "--json")) -> None:
+    """Show one job, or every job of the project."""
+    from tuneloop.settings import resolve_project
+
+    svc = service()
+    if job is None:
+        jobs = svc.store.find_jobs(resolve_project(project))
+        if as_json:
+            return print_json([public_job(j) for j in jobs])
+        return Console().print(_jobs_table(jobs, f"Jobs in project {resolve_project(project)!r}"))
+    row = svc.resolve_job(job, project)
+    if as_json:
+        return print_json(public_job(row) | {"stale": svc.is_stale(row)})
+    for key, value in public_job(row).items():
+        if value not in (None, {}, ""):
+            print(f"{key:<16}{value}")
+    if svc.is_stale(row):
+        print("\n⚠️  Its runner process is gone. Re-run the same `tuneloop tune` command to resume from the last "
+              "checkpoint.")
+
+
+@handle_errors
+def logs(job: str = typer.Argument(..., help="Job name, or a technique for its latest job."),
+         follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing until the job ends."),
+         project: Optional[str] = typer.Option(None, "--project", envvar="TUNELOOP_PROJECT")) -> None:
+    """Print a job's events (messages and metrics), oldest first."""
+    svc = service()
+    row = svc.resolve_job(job, project)
+    last = 0
+    try:
+        while True:
+            for e in svc.store.list_events(row["id"], after_id=last):
+                stamp = e["created_at"].strftime("%H:%M:%S")
+                print(f"{stamp} {e['level']:<5} {e['message']}", flush=True)
+                last = e["id"]
+            row = svc.get(row["id"])
+            if not follow or row["state"] not in ("queued", "running"):
+                break
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        raise typer.Exit(130)
+
+
+@handle_errors
+def cancel(job: str = typer.Argument(..., help="Job name, or a technique for its latest job."),
+           project: Optional[str] = typer.Option(None, "--project", envvar="TUNELOOP_PROJECT")) -> None:
+    """Stop a queued or running job (it ends as cancelled at its next step)."""
+    svc = service()
+    row = svc.cancel(svc.resolve_job(job, project)["id"])
+    if row["state"] in ("queued", "running"):
+        print(f"Cancel requested for {row['id']}; it stops at its next step.")
+    else:
+        print(f"{row['id']} is {row['state']}.", file=sys.stderr if row["state"] != "cancelled" else sys.stdout)

@@ -1,0 +1,37 @@
+"""tuneloop --help: the command line. Commands import their heavy parts lazily, so paths that do
+not train (help, status, config) answer without loading torch or TRL."""
+
+from __future__ import annotations
+
+import os
+
+import typer
+
+from tuneloop.cli import catalog, jobs, state, tune
+
+app = typer.Typer(name="tuneloop", help="Self-hosted model customization: tune -> adapter -> deploy -> test.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+app.command("tune", context_settings={"help_option_names": ["--help", "-h"]})(tune.tune)
+app.command("models")(catalog.models)
+app.command("status")(jobs.status)
+app.command("logs")(jobs.logs)
+app.command("cancel")(jobs.cancel)
+app.command("config")(state.config)
+app.add_typer(state.registry_app, name="registry")
+
+
+@app.command("demo")
+def demo(keep: bool = typer.Option(False, "--keep", help="Keep the demo's TUNELOOP_HOME instead of a temporary one.")) -> None:
+    """Run the whole loop on the built-in model: base answers, SFT, tuned answers, DPO, summary."""
+    from tuneloop.cli.demo import run_demo
+
+    raise typer.Exit(run_demo(keep=keep))
+
+
+def main() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""tuneloop tune --technique sft --dataset train.jsonl [options]: the do/tune command."""
+
+from __future__ import annotations
+
+import sys
+from typing import Optional
+
+import typer
+
+from tuneloop.cli.common import handle_errors, print_json, public_job, service
+from tuneloop.errors import ValidationError
+
+
+@handle_errors
+def tune(
+    technique: Optional[str] = typer.Option(None, "--technique", help="sft | dpo | rlvr | rlaif"),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="Training data: a JSONL file (or file:// URL)."),
+    training_type: str = typer.Option("lora", "--training-type", help="lora (adapter) | full-rank (full model)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Catalog id, built-in, or local model folder "
+                                        "[default: the catalog default, tuneloop/tiny-qwen3]."),
+    project: Optional[str] = typer.Option(None, "--project", envvar="TUNELOOP_PROJECT",
+                                          help="Project the job and its state belong to [default: default]."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="max_epochs"),
+    learning_rate: Optional[float] = typer.Option(None, "--learning-rate", help="learning_rate"),
+    max_seq_length: Optional[int] = typer.Option(None, "--max-seq-length", help="dataset_max_len (tokens)"),
+    lora_rank: Optional[int] = typer.Option(None, "--lora-rank", help="lora_rank (lora only)"),
+    lora_alpha: Optional[int] = typer.Option(None, "--lora-alpha", help="lora_alpha (lora only)"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="global_batch_size"),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="max_steps (overrides epochs)"),
+    save_steps: Optional[int] = typer.Option(None, "--save-steps", help="checkpoint every N steps"),
+    reward_function: Optional[str] = typer.Option(None, "--reward-function", help="RLVR reward function."),
+    reward_prompt: Optional[str] = typer.Option(None, "--reward-prompt", help="RLAIF reward prompt."),
+    column_map: Optional[str] = typer.Option(None, "--column-map", help='Rename columns: "input:prompt,output:completion" or "prompt=question".'),
+    no_transform: bool = typer.Option(False, "--no-transform", help="Halt instead of flattening chat-format columns."),
+    validation_dataset: Optional[str] = typer.Option(None, "--validation-dataset", help="Validation data (same format)."),
+    take: Optional[int] = typer.Option(None, "--take", min=1, help="Use only the first N rows."),
+    output_bucket: Optional[str] = typer.Option(None, "--output-bucket", help="Also copy the output here (folder or fsspec URL)."),
+    force: bool = typer.Option(False, "--force", help="Start a new job even if one exists for this technique."),
+    no_wait: bool = typer.Option(False, "--no-wait", help="Submit and return without following the job."),
+    status: bool = typer.Option(False, "--status", help="Show the tracked tune jobs and exit."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Validate and print the spec and plan; create nothing."),
+    list_models: bool = typer.Option(False, "--list-models", help="Print the supported model catalog and exit."),
+    accept_eula: bool = typer.Option(False, "--accept-eula", help="Accept the licence of a gated model."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Fine-tune a model: validate, stage, plan, train, register (idempotent per technique)."""
+    if list_models:
+        from tuneloop.cli.catalog import models
+
+        return models(as_json=as_json)
+    if status:
+        from tuneloop.cli.jobs import tune_status
+
+        return tune_status(project, as_json)
+    if not technique or not dataset:
+        missing = " and ".join(f for f, v in (("--technique", technique), ("--dataset", dataset)) if not v)
+        raise ValidationError(f"{missing} required.",
+                              hint="Example: tuneloop tune --technique sft --dataset train.jsonl\n"
+                                   "See all options: tuneloop tune --help")
+    from tuneloop.catalog import load_catalog
+    from tuneloop.service.jobs import TuneRequest
+
+    warning = load_catalog().staleness_warning()
+    if warning:
+        print(warning, file=sys.stderr)
+    svc = service()
+    req = TuneRequest(
+        technique=technique, dataset=dataset, training_type=training_type, model=model, project=project,
+        hyperparameters=dict(max_epochs=epochs, learning_rate=learning_rate, dataset_max_len=max_seq_length,
+                             lora_rank=lora_rank, lora_alpha=lora_alpha, global_batch_size=batch_size,
+                             max_steps=max_steps, save_steps=save_steps),
+        validation_dataset=validation_dataset, column_map=column_map, no_transform=no_transform, take=take,
+        output_uri=output_bucket, reward_function=reward_function, reward_prompt=reward_prompt,
+        accept_eula=accept_eula)
+    prep = svc.prepare(req)
+    for note in prep.notes:
+        print(note, file=sys.stderr)
+    outcome = svc.submit(prep, force=force, dry_run=dry_run)
+    for note in outcome.notes[len(prep.notes):]:
+        print(note, file=sys.stderr)
+    if outcome.kind == "dry_run":
+        return _render_dry_run(prep, as_json)
+    job = outcome.job
+    if not as_json:
+        verb = {"submitted": "Submitted", "following": "Following the running", "completed": "Found the completed"}
+        print(f"{verb[outcome.kind]} {job['technique']} job {job['id']}", file=sys.stderr)
+    if outcome.kind != "completed" and not no_wait:
+        from tuneloop.cli.follow import follow
+
+        job = follow(svc, job["id"], quiet=as_json)
+    if as_json:
+        print_json({"outcome": outcome.kind, "job": public_job(job)})
+        if job["state"] in ("failed", "cancelled"):
+            raise typer.Exit(2)
+        return
+    if job["state"] in ("queued", "running"):
+        print(f"Job {job['id']} is {job['state']}. Follow it: tuneloop status {job['id']}  |  "
+              f"logs: tuneloop logs {job['id']} --follow")
+        return
+    from tuneloop.cli.follow import render_result
+
+    render_result(svc, job)
+
+
+def _render_dry_run(prep, as_json: bool) -> None:
+    plan = prep.plan.to_dict()
+    if as_json:
+        print_json({"outcome": "dry_run", "spec": prep.spec.__dict__, "plan": plan,
+                    "dataset": prep.staged.to_dict() | {"path": None}})
+        return
+    print("Dry run: nothing was created.\n\nJob spec:")
+    print(prep.spec.to_json())
+    print(f"\nDataset: {prep.staged.rows} rows, sha256 {prep.staged.sha256[:16]}")
+    print("\nPlan:")
+    p = prep.plan
+    rows = [
+        ("device", f"{p.device} x{p.world_size}" + (f" ({p.threads} threads)" if p.threads else "")),
+        ("precision", p.precision),
+        ("batch", f"{p.per_device_batch} per device x {p.grad_accum} accumulation x {p.world_size} = {p.global_batch}"),
+        ("gradient checkpointing", "on" if p.gradient_checkpointing else "off"),
+        ("steps", f"{p.total_steps} ({p.epochs} epochs x {p.steps_per_epoch}), checkpoint every {p.save_steps}"),
+        ("learning rate", f"{p.learning_rate:g}"),
+        ("max length", str(p.max_length)),
+    ]
+    if p.lora_rank:
+        rows.append(("lora", f"rank {p.lora_rank}, alpha {p.lora_alpha}"))
+    rows += [("est. peak memory", f"{p.est_peak_memory_gb:.2f} GiB"), ("est. time", f"{p.est_time_s:.0f} s")]
+    for k, v in rows:
+        print(f"  {k:<24}{v}")
+    for n in p.notes:
+        print(f"  note: {n}")

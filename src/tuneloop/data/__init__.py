@@ -1,0 +1,1 @@
+"""Dataset sources, record formats, column mapping, flattening, validation and staging."""

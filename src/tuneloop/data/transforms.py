@@ -1,0 +1,109 @@
+"""Pure record transforms: column map parsing/renaming, chat-format detection and flattening.
+
+No I/O here; `stage.py` reads and writes. Strategies follow the seed: a single message dict
+gives its content, a one-element list its content, several messages of one role their contents
+joined by newlines, mixed roles `role: content` lines; an empty list becomes "".
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tuneloop.errors import DatasetError
+
+SINGLE_DICT = "single_dict"
+SINGLE_ELEMENT_LIST = "single_element_list"
+SAME_ROLE = "same_role_multi"
+MIXED_ROLES = "mixed_roles"
+EMPTY_LIST = "empty_list"
+
+DESCRIBE = {
+    SINGLE_DICT: "extracted content field",
+    SINGLE_ELEMENT_LIST: "extracted content field",
+    EMPTY_LIST: "empty list to empty string",
+}
+
+
+def parse_column_map(text: str | None) -> dict[str, str]:
+    """`src:dst,src2:dst2` (seed docs) or `dst=src,dst2=src2` (seed code) -> {src: dst}."""
+    if not text:
+        return {}
+    mapping: dict[str, str] = {}
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        if "=" in part:
+            dst, _, src = part.partition("=")
+        elif ":" in part:
+            src, _, dst = part.partition(":")
+        else:
+            raise DatasetError(
+                f"Cannot parse --column-map entry {part!r}.",
+                hint="Write source:target pairs (input:prompt,output:completion) or target=source pairs "
+                "(prompt=question,completion=answer).", param="column_map",
+            )
+        src, dst = src.strip(), dst.strip()
+        if not src or not dst:
+            raise DatasetError(f"--column-map entry {part!r} has an empty column name.", param="column_map")
+        mapping[src] = dst
+    return mapping
+
+
+def rename_columns(record: dict[str, Any], mapping: dict[str, str]) -> dict[str, Any]:
+    if not mapping:
+        return record
+    return {mapping.get(k, k): v for k, v in record.items()}
+
+
+def _is_message(value: Any) -> bool:
+    return isinstance(value, dict) and "content" in value and ("role" in value or len(value) == 1)
+
+
+def detect_chat_shape(value: Any) -> tuple[str, int] | None:
+    """Return (strategy, n_messages) when `value` is chat-format, else None."""
+    if _is_message(value):
+        return SINGLE_DICT, 1
+    if isinstance(value, list):
+        if not value:
+            return EMPTY_LIST, 0
+        if all(_is_message(m) for m in value):
+            if len(value) == 1:
+                return SINGLE_ELEMENT_LIST, 1
+            roles = {m.get("role") for m in value}
+            return (SAME_ROLE if len(roles) == 1 else MIXED_ROLES), len(value)
+    return None
+
+
+def describe_shape(strategy: str, n: int) -> str:
+    if strategy == SAME_ROLE:
+        return f"newline-joined content ({n} messages, same role)"
+    if strategy == MIXED_ROLES:
+        return f"role: content (multi-turn, {n} messages)"
+    return DESCRIBE[strategy]
+
+
+def _to_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, list) and all(isinstance(p, dict) and p.get("type") == "text" for p in value):
+        return "".join(str(p.get("text", "")) for p in value)  # OpenAI content parts
+    raise ValueError(f"Cannot convert value to string: {value!r:.80}")
+
+
+def flatten(value: Any) -> str:
+    """Flatten one chat-format value to a string (raises ValueError when it cannot)."""
+    if isinstance(value, str):
+        return value
+    shape = detect_chat_shape(value)
+    if shape is None:
+        return _to_text(value)
+    strategy, _ = shape
+    if strategy == SINGLE_DICT:
+        return _to_text(value["content"])
+    if strategy == EMPTY_LIST:
+        return ""
+    if strategy in (SINGLE_ELEMENT_LIST, SAME_ROLE):
+        return "\n".join(_to_text(m["content"]) for m in value)
+    return "\n".join(f"{m.get('role', 'user')}: {_to_text(m['content'])}" for m in value)

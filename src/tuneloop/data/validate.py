@@ -1,0 +1,65 @@
+"""Pure validation of one record against a technique's canonical schema.
+
+`canonical_record` returns the canonical dict or raises `RecordProblem` saying which column
+is wrong and what was expected; `suggest_column_map` builds the hint for a column mismatch.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+from tuneloop.data.schema import ALIASES, SCHEMAS
+
+
+class RecordProblem(Exception):
+    def __init__(self, message: str, column: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.column = column
+
+
+def _type_name(value: Any) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(
+        type(value), "number")
+
+
+def check_types(record: dict[str, Any], technique: str) -> dict[str, Any]:
+    """Keep the canonical columns (plus extra columns for RL techniques) after checking types."""
+    schema = SCHEMAS[technique]
+    out: dict[str, Any] = {}
+    for col, kind in schema.items():
+        value = record[col]
+        if kind == "string" and not isinstance(value, str):
+            raise RecordProblem(f"column '{col}' must be a string, got {_type_name(value)}", col)
+        if kind == "array":
+            if not isinstance(value, list) or not value or not all(
+                isinstance(m, dict) and isinstance(m.get("content"), str) and isinstance(m.get("role"), str)
+                for m in value
+            ):
+                raise RecordProblem(
+                    f"column '{col}' must be a non-empty array of {{\"role\", \"content\"}} messages, "
+                    f"got {_type_name(value)}", col)
+        out[col] = value
+    if technique in ("rlvr", "rlaif"):  # reward functions read the other columns
+        out.update({k: v for k, v in record.items() if k not in out})
+    return out
+
+
+def missing_columns(columns: list[str], technique: str) -> list[str]:
+    return [c for c in SCHEMAS[technique] if c not in columns]
+
+
+def suggest_column_map(columns: list[str], technique: str) -> dict[str, str]:
+    """{source column present -> canonical column missing}, from aliases then close spellings."""
+    present = [c for c in columns if c not in SCHEMAS[technique]]
+    suggestion: dict[str, str] = {}
+    for target in missing_columns(columns, technique):
+        lowered = {c.lower(): c for c in present if c not in suggestion}
+        pick = next((lowered[a] for a in ALIASES.get(target, ()) if a in lowered), None)
+        if pick is None:
+            close = difflib.get_close_matches(target, list(lowered), n=1, cutoff=0.6)
+            pick = lowered[close[0]] if close else None
+        if pick is not None:
+            suggestion[pick] = target
+    return suggestion

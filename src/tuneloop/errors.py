@@ -1,0 +1,63 @@
+"""Typed errors that carry their fix.
+
+Raised deep in the library, rendered once at the edge: the CLI prints `❌ message`, the
+details and the hint, then exits with `exit_code`; an API maps `http_status`.
+"""
+
+from __future__ import annotations
+
+
+class TuneloopError(Exception):
+    """Base class: `message` says what is wrong, `hint` how to fix it."""
+
+    exit_code = 1
+    http_status = 400
+    code = "invalid_request"
+
+    def __init__(self, message: str, *, hint: str | None = None, details: list[str] | None = None,
+                 param: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        self.details = details or []
+        self.param = param
+
+    def render(self) -> str:
+        lines = [f"❌ {self.message}"]
+        lines += [f"   {d}" for d in self.details]
+        if self.hint:
+            lines += ["", self.hint]
+        return "\n".join(lines)
+
+
+class ValidationError(TuneloopError):
+    """Bad user input (flags, arguments, hyperparameters). Nothing was created."""
+
+
+class DatasetError(ValidationError):
+    """The dataset cannot be read or does not match the technique's schema."""
+
+    code = "invalid_file"
+
+
+class CatalogError(ValidationError):
+    """Model, technique or training type not offered by the catalog."""
+
+    code = "model_not_supported"
+
+
+class NotFoundError(TuneloopError):
+    http_status = 404
+    code = "not_found"
+
+
+class JobFailedError(TuneloopError):
+    """A job ended failed or cancelled: the CLI exits 2."""
+
+    exit_code = 2
+    http_status = 409
+    code = "job_failed"
+
+
+class ConfigError(TuneloopError):
+    """The environment (database, home folder) is not usable as configured."""

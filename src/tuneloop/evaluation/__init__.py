@@ -1,0 +1,1 @@
+"""Evaluation: generation through the chat template, exact match, preference margins."""

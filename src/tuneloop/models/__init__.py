@@ -1,0 +1,1 @@
+"""Built-in models: tiny, randomly initialised checkpoints created offline on first use."""

@@ -1,0 +1,1 @@
+"""Submit, follow, cancel and report on jobs; idempotency per technique; the job state machine."""

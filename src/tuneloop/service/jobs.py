@@ -1,0 +1,345 @@
+"""Submitting and tracking jobs: the seed's order of checks, idempotency per technique, runner
+processes, staleness (kill -9) detection and resume, cancel, and the per-project config state.
+
+Edges (CLI, SDK) build a `TuneRequest`, call `prepare` then `submit`, and render the outcome.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from tuneloop.catalog import normalize_technique, normalize_training_type
+from tuneloop.data.stage import StageResult, stage_dataset
+from tuneloop.errors import JobFailedError, NotFoundError, ValidationError
+from tuneloop.service.models import ResolvedModel, model_shape, resolve_model
+from tuneloop.settings import Settings, resolve_project
+from tuneloop.spec import JobSpec, check_hyperparameters
+from tuneloop.store.repo import ACTIVE_STATES, Store, age_seconds
+from tuneloop.training.plan import DataStats, Hardware, Plan, detect_hardware, make_plan
+
+STALE_AFTER_S = 60.0          # a running job whose heartbeat is older than this is dead
+QUEUED_GRACE_S = 30.0         # a queued job whose runner never claimed it within this is relaunched
+
+
+@dataclass
+class TuneRequest:
+    technique: str
+    dataset: str
+    training_type: str = "lora"
+    model: str | None = None
+    project: str | None = None
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    validation_dataset: str | None = None
+    column_map: str | None = None
+    no_transform: bool = False
+    take: int | None = None
+    output_uri: str | None = None
+    model_package_group: str | None = None
+    reward_function: str | None = None
+    reward_prompt: str | None = None
+    accept_eula: bool = False
+
+
+@dataclass
+class Prepared:
+    spec: JobSpec
+    model: ResolvedModel
+    staged: StageResult
+    plan: Plan
+    notes: list[str]
+
+
+@dataclass
+class Outcome:
+    kind: str                      # submitted | following | completed | dry_run
+    job: dict[str, Any] | None
+    plan: Plan | None = None
+    spec: JobSpec | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def dataset_slug(source: str) -> str:
+    """Name or file stem, lower case, [a-z0-9-], at most 20 characters (the seed's slug)."""
+    base = source.split("?", 1)[0].rstrip("/")
+    stem = base.rsplit("/", 1)[-1]
+    for ext in (".gz", ".zst", ".jsonl", ".json", ".parquet", ".csv"):
+        if stem.endswith(ext):
+            stem = stem[: -len(ext)]
+    slug = re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", stem.lower())).strip("-")
+    return slug[:20].strip("-") or "dataset"
+
+
+def _key(technique: str) -> str:
+    return technique.upper()
+
+
+class JobService:
+    """The one service the CLI, the SDK and the API call."""
+
+    def __init__(self, store: Store, settings: Settings, hardware: Hardware | None = None):
+        self.store = store
+        self.settings = settings
+        self._hardware = hardware
+
+    @property
+    def hardware(self) -> Hardware:
+        if self._hardware is None:
+            self._hardware = detect_hardware()
+        return self._hardware
+
+    # ---- submission -------------------------------------------------------------------------
+    def prepare(self, req: TuneRequest) -> Prepared:
+        """Validate everything in the seed's order and stage the data; creates no job."""
+        project = resolve_project(req.project)
+        technique = normalize_technique(req.technique)
+        training_type = normalize_training_type(req.training_type)
+        model = resolve_model(req.model, technique, training_type)
+        notes = [model.note] if model.note else []
+        if technique in ("rlvr", "rlaif"):
+            raise ValidationError(
+                f"Technique {technique} is not available in this version of tuneloop yet.",
+                hint="Use --technique sft or --technique dpo.", param="technique")
+        if model.entry is not None and model.entry.gated and not req.accept_eula:
+            raise ValidationError(
+                f'Model "{model.id}" is gated: its licence must be accepted before tuning.',
+                hint="Read the model's licence on its Hugging Face page, then re-run with --accept-eula.",
+                param="accept_eula")
+        overrides = check_hyperparameters(req.hyperparameters, training_type)
+        staging = self.settings.home / "staging" / uuid.uuid4().hex
+        try:
+            staged = stage_dataset(req.dataset, technique, staging / "train.jsonl", column_map=req.column_map,
+                                   no_transform=req.no_transform, take=req.take)
+            if req.validation_dataset:
+                stage_dataset(req.validation_dataset, technique, staging / "validation.jsonl",
+                              column_map=req.column_map, no_transform=req.no_transform)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        spec = JobSpec(project=project, technique=technique, training_type=training_type, model=model.id,
+                       model_source=model.source, dataset=req.dataset, hyperparameters=overrides,
+                       validation_dataset=req.validation_dataset, column_map=req.column_map,
+                       no_transform=req.no_transform, take=req.take, output_uri=req.output_uri,
+                       model_package_group=req.model_package_group, reward_function=req.reward_function,
+                       reward_prompt=req.reward_prompt, accept_eula=req.accept_eula)
+        try:
+            plan = self._plan(spec, model, staged)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return Prepared(spec, model, staged, plan, notes + staged.notes + [f"⚠️  {w}" for w in staged.warnings])
+
+    def _plan(self, spec: JobSpec, model: ResolvedModel, staged: StageResult) -> Plan:
+        folder = self._model_folder(model)
+        parameters = model.entry.parameters if model.entry else 0
+        shape = model_shape(folder, parameters)
+        return make_plan(technique=spec.technique, training_type=spec.training_type, shape=shape,
+                         data=token_stats(staged.path, spec.technique, folder), hw=self.hardware,
+                         defaults=model.defaults(spec.technique, spec.training_type), overrides=spec.hyperparameters)
+
+    def _model_folder(self, model: ResolvedModel) -> Path | None:
+        if model.source == "builtin":
+            from tuneloop.models.builtin import ensure_builtin
+
+            return ensure_builtin(model.id, self.settings.models_dir)
+        if model.source == "local":
+            return Path(model.id)
+        return _hub_cache_folder(model.entry.hf_id if model.entry else model.id)
+
+    def submit(self, prep: Prepared, *, force: bool = False, dry_run: bool = False, launch: bool = True) -> Outcome:
+        """Idempotency per technique, then create and start the job (unless dry_run)."""
+        spec = prep.spec
+        staging = prep.staged.path.parent
+        try:
+            if not force:
+                existing = self.store.latest_job(spec.project, spec.technique)
+                if existing is not None:
+                    return self._existing(existing, prep, dry_run)
+            if dry_run:
+                return Outcome("dry_run", None, prep.plan, spec, prep.notes)
+            if force:
+                self._supersede_active(spec.project, spec.technique)
+            job = self._create(prep, staging)
+            if job is None:  # lost a race: another submission of this technique won
+                winner = self.store.latest_job(spec.project, spec.technique)
+                return Outcome("following", winner, prep.plan, spec, prep.notes + ["another submission created this job"])
+            if launch:
+                self.launch(job["id"])
+            return Outcome("submitted", job, prep.plan, spec, prep.notes)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def _existing(self, job: dict[str, Any], prep: Prepared, dry_run: bool) -> Outcome:
+        notes = list(prep.notes)
+        if job["dataset"] != prep.spec.dataset or job["model"] != prep.spec.model:
+            notes.append(f"ℹ️  The tracked {job['technique']} job {job['id']} was run on {job['model']} with "
+                         f"{job['dataset']}; pass --force to start a new job with this model and dataset.")
+        if job["state"] in ACTIVE_STATES:
+            if not dry_run and self.is_stale(job):
+                self.store.add_event(job["id"], "runner process is gone; restarting from the last checkpoint",
+                                     level="warn")
+                self.launch(job["id"], expect_pid=job["pid"])
+            return Outcome("following", job, prep.plan, prep.spec, notes)
+        if job["state"] == "completed":
+            return Outcome("completed", job, prep.plan, prep.spec, notes)
+        raise JobFailedError(
+            f"The last {job['technique']} job {job['id']} {job['state']}: {job['error'] or 'no reason recorded'}",
+            hint=f"Fix the cause, then start a new job with --force:\n  tuneloop tune --technique "
+                 f"{job['technique']} --dataset {prep.spec.dataset} --force")
+
+    def _create(self, prep: Prepared, staging: Path) -> dict[str, Any] | None:
+        spec = prep.spec
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        base = f"{spec.project}-tune-{spec.technique}-{stamp}"
+        name = base
+        n = 1
+        while self.store.get_job(name) is not None:
+            n += 1
+            name = f"{base}-{n}"
+        job_dir = self.settings.jobs_dir(spec.project) / name
+        (job_dir / "data").mkdir(parents=True, exist_ok=True)
+        for f in staging.glob("*.jsonl"):
+            shutil.move(str(f), job_dir / "data" / f.name)
+        (job_dir / "spec.json").write_text(spec.to_json() + "\n")
+        (job_dir / "plan.json").write_text(json.dumps(prep.plan.to_dict(), indent=2) + "\n")
+        row = dict(id=name, project=spec.project, technique=spec.technique, training_type=spec.training_type,
+                   model=spec.model, dataset=spec.dataset, spec=json.loads(spec.to_json()),
+                   plan=prep.plan.to_dict(), job_dir=str(job_dir), dataset_sha256=prep.staged.sha256,
+                   dataset_rows=prep.staged.rows, total_steps=prep.plan.total_steps)
+        if not self.store.insert_job(row):
+            shutil.rmtree(job_dir, ignore_errors=True)
+            return None
+        slug = dataset_slug(spec.dataset)
+        t = _key(spec.technique)
+        self.store.set_config(spec.project, {
+            f"TUNE_JOB_NAME_{t}": name, "TUNE_TECHNIQUE": spec.technique, "TUNE_TRAINING_TYPE": spec.training_type,
+            f"TUNE_DATASET_{t}": spec.dataset, f"TUNE_DATASET_SLUG_{t}": slug, "TUNE_LAST_JOB_NAME": name,
+            "TUNE_MODEL_ID": spec.model})
+        self.store.add_event(name, f"job created: {spec.technique} {spec.training_type} on {spec.model}, "
+                                   f"{prep.staged.rows} rows ({prep.staged.sha256[:12]})")
+        return self.store.get_job(name)
+
+    def _supersede_active(self, project: str, technique: str) -> None:
+        job = self.store.latest_job(project, technique)
+        if job and job["state"] in ACTIVE_STATES:
+            self.store.update_job(job["id"], state="cancelled", cancel_requested=True,
+                                  error="superseded by a --force submission")
+            self.store.add_event(job["id"], "cancelled: superseded by a --force submission", level="warn")
+
+    # ---- processes --------------------------------------------------------------------------
+    def launch(self, job_id: str, expect_pid: int | None = None) -> int:
+        """Start the runner detached in its own session; it outlives the CLI."""
+        job = self.store.get_job(job_id)
+        log_path = Path(job["job_dir"]) / "runner.log"
+        cmd = [sys.executable, "-m", "tuneloop.service.runner", job_id]
+        if expect_pid is not None:
+            cmd += ["--expect-pid", str(expect_pid)]
+        env = {**os.environ, "TUNELOOP_HOME": str(self.settings.home),
+               "TUNELOOP_DATABASE_URL": self.settings.database_url,
+               "TUNELOOP_MODELS_DIR": str(self.settings.models_dir)}
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                    start_new_session=True, close_fds=True)
+        return proc.pid
+
+    def is_stale(self, job: dict[str, Any]) -> bool:
+        """True when the job is active but no runner is alive to advance it."""
+        if job["state"] == "queued":
+            age = age_seconds(job["created_at"])
+            return job["pid"] is None and age is not None and age > QUEUED_GRACE_S
+        if job["state"] != "running":
+            return False
+        if job["host"] == socket.gethostname() and job["pid"] and not _pid_alive(job["pid"]):
+            return True
+        age = age_seconds(job["heartbeat_at"])
+        return age is None or age > STALE_AFTER_S
+
+    # ---- queries and control ----------------------------------------------------------------
+    def get(self, job_id: str) -> dict[str, Any]:
+        job = self.store.get_job(job_id)
+        if job is None:
+            raise NotFoundError(f"No job named {job_id!r}.", hint="List jobs with: tuneloop status", param="job")
+        return job
+
+    def resolve_job(self, ref: str | None, project: str | None) -> dict[str, Any]:
+        """A job name, a technique (its latest job in the project), or the project's last job."""
+        project = resolve_project(project)
+        if ref and ref.lower() in ("sft", "dpo", "rlvr", "rlaif"):
+            job = self.store.latest_job(project, ref.lower())
+        elif ref:
+            return self.get(ref)
+        else:
+            found = self.store.find_jobs(project, limit=1)
+            job = found[0] if found else None
+        if job is None:
+            raise NotFoundError(f"No {ref or ''} job in project {project!r}.".replace("  ", " "),
+                                hint="Start one with: tuneloop tune --technique sft --dataset FILE")
+        return job
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        job = self.get(job_id)
+        if job["state"] not in ACTIVE_STATES:
+            return job
+        self.store.update_job(job_id, cancel_requested=True)
+        if job["state"] == "queued" or self.is_stale(job):
+            self.store.update_job(job_id, state="cancelled", error="cancelled by user")
+        self.store.add_event(job_id, "cancel requested by user", level="warn")
+        return self.get(job_id)
+
+
+def token_stats(path: Path, technique: str, model_folder: Path | None) -> DataStats:
+    """Token lengths of staged rows with the model's tokenizer (tokenizers only, no torch);
+    about 4 characters a token when the tokenizer is not on this machine."""
+    tok = None
+    if model_folder is not None and (model_folder / "tokenizer.json").is_file():
+        from tokenizers import Tokenizer
+
+        tok = Tokenizer.from_file(str(model_folder / "tokenizer.json"))
+    texts: list[str] = []
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            row = json.loads(line)
+            prompt = row["prompt"] if isinstance(row["prompt"], str) else " ".join(m["content"] for m in row["prompt"])
+            if technique == "dpo":
+                texts.append(prompt + max(row["chosen"], row["rejected"], key=len))
+            else:
+                texts.append(prompt + row.get("completion", ""))
+    overhead = 12  # chat template markers around two turns
+    if tok is not None:
+        lengths = [len(e.ids) + overhead for e in tok.encode_batch(texts, add_special_tokens=False)]
+    else:
+        lengths = [len(t) // 4 + overhead for t in texts]
+    return DataStats(rows=len(lengths), mean_tokens=sum(lengths) / max(1, len(lengths)), max_tokens=max(lengths))
+
+
+def _hub_cache_folder(repo_id: str) -> Path | None:
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception:
+        return None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (exited, not yet reaped) is not alive
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True

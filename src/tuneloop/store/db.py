@@ -1,0 +1,150 @@
+"""Tables and schema versioning. The schema version is stored from the first table on; each
+future change appends a migration to MIGRATIONS and bumps SCHEMA_VERSION."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Callable
+
+from sqlalchemy import (JSON, Boolean, Column, DateTime, Float, ForeignKey, Integer, MetaData, String, Table, Text,
+                        UniqueConstraint, create_engine, event, select)
+from sqlalchemy.engine import Connection, Engine
+
+from tuneloop.errors import ConfigError
+
+SCHEMA_VERSION = 1
+metadata = MetaData()
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+schema_version = Table("schema_version", metadata, Column("version", Integer, primary_key=True))
+
+jobs = Table(
+    "jobs", metadata,
+    Column("id", String(64), primary_key=True),            # the job name: <project>-tune-<technique>-<ts>
+    Column("project", String(64), nullable=False, index=True),
+    Column("technique", String(16), nullable=False),
+    Column("training_type", String(16), nullable=False),
+    Column("model", Text, nullable=False),
+    Column("dataset", Text, nullable=False),
+    Column("state", String(16), nullable=False),            # queued|running|completed|failed|cancelled
+    # "<project>:<technique>" while queued/running, NULL after: a unique column makes racing
+    # submissions of one technique create one job (NULLs never collide, on SQLite and PostgreSQL).
+    Column("active_key", String(96), unique=True, nullable=True),
+    Column("spec", JSON, nullable=False),
+    Column("plan", JSON, nullable=True),
+    Column("created_at", DateTime, nullable=False),
+    Column("started_at", DateTime),
+    Column("finished_at", DateTime),
+    Column("heartbeat_at", DateTime),
+    Column("pid", Integer),
+    Column("host", String(255)),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("step", Integer, nullable=False, default=0),
+    Column("total_steps", Integer, nullable=False, default=0),
+    Column("loss", Float),
+    Column("cancel_requested", Boolean, nullable=False, default=False),
+    Column("error", Text),
+    Column("job_dir", Text, nullable=False),
+    Column("output_path", Text),
+    Column("output_type", String(16)),                      # adapter | full-model
+    Column("dataset_sha256", String(64)),
+    Column("dataset_rows", Integer),
+    Column("metrics", JSON),
+)
+
+events = Table(
+    "events", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("job_id", String(64), ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("created_at", DateTime, nullable=False),
+    Column("level", String(8), nullable=False),              # info | warn | error
+    Column("type", String(16), nullable=False),              # message | metrics
+    Column("message", Text, nullable=False),
+    Column("data", JSON),
+)
+
+config_state = Table(
+    "config_state", metadata,
+    Column("project", String(64), primary_key=True),
+    Column("key", String(128), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+model_package_groups = Table(
+    "model_package_groups", metadata,
+    Column("name", String(128), primary_key=True),
+    Column("project", String(64), nullable=False),
+    Column("created_at", DateTime, nullable=False),
+)
+
+model_packages = Table(
+    "model_packages", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("group_name", String(128), ForeignKey("model_package_groups.name"), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("job_id", String(64), ForeignKey("jobs.id"), nullable=False),
+    Column("technique", String(16), nullable=False),
+    Column("training_type", String(16), nullable=False),
+    Column("base_model", Text, nullable=False),
+    Column("dataset", Text, nullable=False),
+    Column("dataset_sha256", String(64), nullable=False),
+    Column("output_path", Text, nullable=False),
+    Column("output_type", String(16), nullable=False),
+    Column("metrics", JSON),
+    Column("created_at", DateTime, nullable=False),
+    UniqueConstraint("group_name", "version"),
+)
+
+# version N -> function upgrading a database at version N-1 (none yet: version 1 is the first)
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {}
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite:///"):
+        from pathlib import Path
+
+        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn, _record):  # several processes share the file
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def migrate(engine: Engine) -> None:
+    """Create the schema on a new database; upgrade an older one; refuse a newer one."""
+    if engine.url.get_backend_name() == "sqlite" and engine.url.database:
+        from filelock import FileLock
+
+        with FileLock(engine.url.database + ".migrate.lock"):  # processes racing on a new file
+            _migrate(engine)
+    else:
+        _migrate(engine)
+
+
+def _migrate(engine: Engine) -> None:
+    with engine.begin() as conn:
+        metadata.create_all(conn, tables=[schema_version])
+        current = conn.execute(select(schema_version.c.version)).scalar()
+        if current is None:
+            metadata.create_all(conn)
+            conn.execute(schema_version.insert().values(version=SCHEMA_VERSION))
+            return
+        if current > SCHEMA_VERSION:
+            raise ConfigError(
+                f"The database at {engine.url} has schema version {current}, newer than this tuneloop "
+                f"({SCHEMA_VERSION}).", hint="Upgrade tuneloop, or point TUNELOOP_HOME at another folder.")
+        for version in range(current + 1, SCHEMA_VERSION + 1):
+            MIGRATIONS[version](conn)
+            conn.execute(schema_version.update().values(version=version))

@@ -1,0 +1,155 @@
+"""The Store: every read and write of jobs, events, per-project config state and the registry.
+
+Passed into the service (I/O is an argument), so tests can hand it a temporary SQLite file.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, delete, func, insert, select, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+
+from tuneloop.store import db
+from tuneloop.store.db import config_state, events, jobs, model_package_groups, model_packages, utcnow
+
+ACTIVE_STATES = ("queued", "running")
+FINAL_STATES = ("completed", "failed", "cancelled")
+
+
+class Store:
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    # ---- jobs -------------------------------------------------------------------------------
+    def insert_job(self, row: dict[str, Any]) -> bool:
+        """Insert a queued job; False when another active job of that project+technique exists."""
+        row = {**row, "state": "queued", "active_key": f"{row['project']}:{row['technique']}",
+               "created_at": utcnow(), "attempts": 0, "step": 0, "total_steps": 0, "cancel_requested": False}
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(insert(jobs).values(**row))
+            return True
+        except IntegrityError:
+            return False
+
+    def get_job(self, job_id: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(jobs).where(jobs.c.id == job_id)).mappings().first()
+        return dict(row) if row else None
+
+    def find_jobs(self, project: str | None = None, technique: str | None = None,
+                  limit: int | None = None) -> list[dict[str, Any]]:
+        q = select(jobs).order_by(jobs.c.created_at.desc(), jobs.c.id.desc())
+        if project:
+            q = q.where(jobs.c.project == project)
+        if technique:
+            q = q.where(jobs.c.technique == technique)
+        if limit:
+            q = q.limit(limit)
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(q).mappings()]
+
+    def latest_job(self, project: str, technique: str) -> dict[str, Any] | None:
+        found = self.find_jobs(project, technique, limit=1)
+        return found[0] if found else None
+
+    def update_job(self, job_id: str, **values: Any) -> None:
+        if "state" in values and values["state"] in FINAL_STATES:
+            values.setdefault("active_key", None)
+            values.setdefault("finished_at", utcnow())
+        with self.engine.begin() as conn:
+            conn.execute(update(jobs).where(jobs.c.id == job_id).values(**values))
+
+    def claim_job(self, job_id: str, pid: int, host: str, expect_pid: int | None = None) -> bool:
+        """Move a job to running under this process; one winner among racing runners.
+
+        A queued job is claimed when no runner holds it; a running job only by naming the dead
+        runner's pid (`expect_pid`), so two restarts of one dead job cannot both win."""
+        now = utcnow()
+        if expect_pid is None:
+            cond = and_(jobs.c.state == "queued", jobs.c.pid.is_(None))
+        else:
+            cond = and_(jobs.c.state.in_(ACTIVE_STATES), jobs.c.pid == expect_pid)
+        with self.engine.begin() as conn:
+            res = conn.execute(
+                update(jobs).where(and_(jobs.c.id == job_id, jobs.c.cancel_requested.is_(False), cond))
+                .values(state="running", pid=pid, host=host, heartbeat_at=now, attempts=jobs.c.attempts + 1,
+                        started_at=func.coalesce(jobs.c.started_at, now)))
+            return res.rowcount == 1
+
+    # ---- events -----------------------------------------------------------------------------
+    def add_event(self, job_id: str, message: str, *, level: str = "info", type: str = "message",
+                  data: dict[str, Any] | None = None) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(insert(events).values(job_id=job_id, created_at=utcnow(), level=level, type=type,
+                                               message=message, data=data))
+
+    def list_events(self, job_id: str, after_id: int = 0, type: str | None = None) -> list[dict[str, Any]]:
+        q = select(events).where(and_(events.c.job_id == job_id, events.c.id > after_id)).order_by(events.c.id)
+        if type:
+            q = q.where(events.c.type == type)
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(q).mappings()]
+
+    # ---- per-project config state (the seed's do/config) -----------------------------------
+    def set_config(self, project: str, values: dict[str, str]) -> None:
+        with self.engine.begin() as conn:
+            for key, value in values.items():
+                conn.execute(delete(config_state).where(and_(config_state.c.project == project,
+                                                             config_state.c.key == key)))
+                conn.execute(insert(config_state).values(project=project, key=key, value=str(value)))
+
+    def get_config(self, project: str) -> dict[str, str]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(config_state.c.key, config_state.c.value)
+                                .where(config_state.c.project == project).order_by(config_state.c.key))
+            return {k: v for k, v in rows}
+
+    # ---- registry ---------------------------------------------------------------------------
+    def register_package(self, group: str, project: str, row: dict[str, Any]) -> int:
+        """Add a version to a model package group (created when missing); return the version."""
+        with self.engine.begin() as conn:
+            if conn.execute(select(model_package_groups.c.name).where(model_package_groups.c.name == group)).first() is None:
+                conn.execute(insert(model_package_groups).values(name=group, project=project, created_at=utcnow()))
+            existing = conn.execute(select(model_packages.c.version).where(model_packages.c.job_id == row["job_id"])
+                                    .where(model_packages.c.group_name == group)).scalar()
+            if existing is not None:  # a job registers once, also when its completion is retried
+                return existing
+            version = (conn.execute(select(func.max(model_packages.c.version))
+                                    .where(model_packages.c.group_name == group)).scalar() or 0) + 1
+            conn.execute(insert(model_packages).values(group_name=group, version=version, created_at=utcnow(), **row))
+            return version
+
+    def list_packages(self, group: str | None = None, project: str | None = None) -> list[dict[str, Any]]:
+        q = select(model_packages).order_by(model_packages.c.group_name, model_packages.c.version)
+        if group:
+            q = q.where(model_packages.c.group_name == group)
+        if project:
+            q = q.join(model_package_groups, model_package_groups.c.name == model_packages.c.group_name) \
+                 .where(model_package_groups.c.project == project)
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(q).mappings()]
+
+    def package_for_job(self, job_id: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(model_packages).where(model_packages.c.job_id == job_id)).mappings().first()
+        return dict(row) if row else None
+
+
+_STORES: dict[str, Store] = {}
+
+
+def open_store(url: str) -> Store:
+    """One Store (engine + migrated schema) per URL per process."""
+    if url not in _STORES:
+        engine = db.make_engine(url)
+        db.migrate(engine)
+        _STORES[url] = Store(engine)
+    return _STORES[url]
+
+
+def age_seconds(ts: datetime | None) -> float | None:
+    return None if ts is None else (utcnow() - ts).total_seconds()

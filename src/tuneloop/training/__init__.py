@@ -1,0 +1,1 @@
+"""Planning and training on TRL + PEFT. Nothing outside this package imports TRL."""

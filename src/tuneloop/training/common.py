@@ -1,0 +1,167 @@
+"""What every technique shares: resolving and loading the model, TrainingArguments from the plan,
+the job callback (metrics events, progress, cancel), and saving the output with its manifest."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from tuneloop.training.plan import Plan
+
+log = logging.getLogger(__name__)
+
+GENERIC_LORA_TARGETS = "all-linear"
+
+
+def model_path(model: str, source: str, models_dir: Path) -> str:
+    """Folder (built-in, local) or Hub id (catalog) that from_pretrained takes."""
+    if source == "builtin":
+        from tuneloop.models.builtin import ensure_builtin
+
+        return str(ensure_builtin(model, models_dir))
+    return model
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    if tok.pad_token is None:  # Llama 3 and others ship no pad token: reuse eos, masked by the collator
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(path: str, plan: Plan, lora: bool):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    # LoRA keeps the frozen base in the compute precision; full-rank keeps fp32 master weights
+    # and lets autocast run bf16/fp16 (TrainingArguments.bf16/fp16).
+    dtype = torch.float32
+    if lora and plan.precision == "bf16":
+        dtype = torch.bfloat16
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True, trust_remote_code=False)
+    model.config.use_cache = False
+    return model
+
+
+def lora_config(plan: Plan, target_modules: list[str] | str | None):
+    from peft import LoraConfig
+
+    return LoraConfig(r=plan.lora_rank, lora_alpha=plan.lora_alpha, lora_dropout=0.0, bias="none",
+                      task_type="CAUSAL_LM", target_modules=target_modules or GENERIC_LORA_TARGETS)
+
+
+def training_kwargs(plan: Plan, output_dir: Path) -> dict[str, Any]:
+    """TrainingArguments fields shared by SFTConfig and DPOConfig, from the plan."""
+    return dict(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=plan.per_device_batch,
+        gradient_accumulation_steps=plan.grad_accum,
+        max_steps=plan.total_steps,
+        learning_rate=plan.learning_rate,
+        lr_scheduler_type="linear",
+        warmup_steps=plan.warmup_steps,
+        weight_decay=plan.weight_decay,
+        logging_steps=plan.logging_steps,
+        save_strategy="steps",
+        save_steps=plan.save_steps,
+        save_total_limit=2,
+        seed=plan.seed,
+        data_seed=plan.seed,
+        use_cpu=plan.device == "cpu",
+        bf16=plan.precision == "bf16",
+        fp16=plan.precision == "fp16",
+        gradient_checkpointing=plan.gradient_checkpointing,
+        dataloader_num_workers=0,
+        report_to=[],
+        disable_tqdm=True,
+        save_only_model=False,
+    )
+
+
+def set_threads(plan: Plan) -> None:
+    import torch
+
+    if plan.device == "cpu" and plan.threads:
+        torch.set_num_threads(plan.threads)
+
+
+def make_callback(on_metrics: Callable[[int, int, dict[str, float]], None],
+                  should_stop: Callable[[], bool], on_save: Callable[[int], None]):
+    """A TrainerCallback that reports metrics, stops when asked, and notes checkpoints."""
+    from transformers import TrainerCallback
+
+    class JobCallback(TrainerCallback):
+        def __init__(self) -> None:
+            self._last_check = 0.0
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs:
+                clean = {k: float(v) for k, v in logs.items() if isinstance(v, (int, float))}
+                on_metrics(state.global_step, state.max_steps, clean)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            now = time.monotonic()
+            if now - self._last_check >= 1.0:
+                self._last_check = now
+                if should_stop():
+                    control.should_training_stop = True
+                    control.should_save = False
+
+        def on_save(self, args, state, control, **kwargs):
+            on_save(state.global_step)
+
+    return JobCallback()
+
+
+def quiet(trainer) -> None:
+    """Metrics go to job events; drop transformers' stdout printer of log dicts."""
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
+
+
+def last_checkpoint(output_dir: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+
+
+def load_staged(path: Path, cache_dir: Path):
+    from datasets import load_dataset
+
+    return load_dataset("json", data_files=str(path), split="train", cache_dir=str(cache_dir))
+
+
+def has_chat_template(tokenizer) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def save_output(trainer, tokenizer, out_dir: Path, lora: bool) -> str:
+    """Write a PEFT adapter folder (LoRA) or a full model folder; return the output type."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    trainer.model.save_pretrained(str(out_dir), safe_serialization=True)
+    tokenizer.save_pretrained(str(out_dir))
+    return "adapter" if lora else "full-model"
+
+
+def versions() -> dict[str, str]:
+    import peft
+    import torch
+    import transformers
+    import trl
+
+    import tuneloop
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__,
+            "peft": peft.__version__, "tuneloop": tuneloop.__version__}
+
+
+def write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    tmp.replace(path)

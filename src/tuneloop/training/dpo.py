@@ -1,0 +1,46 @@
+"""Direct preference optimisation on TRL's DPOTrainer, LoRA or full-rank.
+
+For chat models each staged {prompt, chosen, rejected} row becomes a user turn and two candidate
+assistant turns. With LoRA the reference model is the base with adapters switched off (no copy);
+full-rank keeps a frozen reference copy.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tuneloop.training import common
+from tuneloop.training.plan import Plan
+
+
+def to_conversational(row: dict[str, Any]) -> dict[str, Any]:
+    return {"prompt": [{"role": "user", "content": row["prompt"]}],
+            "chosen": [{"role": "assistant", "content": row["chosen"]}],
+            "rejected": [{"role": "assistant", "content": row["rejected"]}]}
+
+
+def build_trainer(*, model_dir: str, data_path: Path, work_dir: Path, plan: Plan, lora: bool,
+                  target_modules: list[str] | None, callbacks: list) -> tuple[Any, Any]:
+    from trl import DPOConfig, DPOTrainer
+
+    common.set_threads(plan)
+    tokenizer = common.load_tokenizer(model_dir)
+    dataset = common.load_staged(data_path, work_dir / "cache")
+    if common.has_chat_template(tokenizer):
+        dataset = dataset.map(to_conversational, remove_columns=dataset.column_names)
+    config = DPOConfig(
+        **common.training_kwargs(plan, work_dir / "checkpoints"),
+        beta=plan.beta,
+        max_length=plan.max_length,
+    )
+    trainer = DPOTrainer(
+        model=common.load_model(model_dir, plan, lora),
+        args=config,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=common.lora_config(plan, target_modules) if lora else None,
+        callbacks=callbacks,
+    )
+    common.quiet(trainer)
+    return trainer, tokenizer

@@ -1,0 +1,189 @@
+"""The planner: pick device, precision, batch layout, checkpointing and step counts for the
+hardware found, so users never choose them. Pure functions; `detect_hardware` is the only probe.
+
+Why not TRL's defaults: TRL turns on bf16 and gradient checkpointing everywhere. On a CPU, bf16
+matmuls run slower than fp32 and checkpointing recomputes activations the RAM could hold; measured
+here they cost 1.3-1.6x (see bench/RESULTS.md). On GPUs bf16 is right, and checkpointing is
+turned on only when the memory estimate says the batch would not fit without it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from tuneloop.errors import ValidationError
+
+
+@dataclass(frozen=True)
+class Hardware:
+    device: str              # "cpu" | "cuda"
+    count: int               # GPUs (1 for CPU)
+    memory_gb: float         # per device (CPU: usable RAM)
+    bf16: bool
+    cpu_cores: int
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    parameters: int
+    layers: int
+    hidden: int
+    vocab: int
+    heads: int = 0
+
+
+@dataclass(frozen=True)
+class DataStats:
+    rows: int
+    mean_tokens: float
+    max_tokens: int
+
+
+@dataclass
+class Plan:
+    device: str
+    precision: str
+    world_size: int
+    per_device_batch: int
+    grad_accum: int
+    global_batch: int
+    gradient_checkpointing: bool
+    epochs: int
+    steps_per_epoch: int
+    total_steps: int
+    save_steps: int
+    logging_steps: int
+    learning_rate: float
+    warmup_steps: int
+    weight_decay: float
+    max_length: int
+    lora_rank: int | None
+    lora_alpha: int | None
+    beta: float | None
+    seed: int
+    threads: int
+    est_peak_memory_gb: float
+    est_time_s: float
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def detect_hardware() -> Hardware:
+    import psutil
+    import torch
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        return Hardware("cuda", torch.cuda.device_count(), props.total_memory / 2**30,
+                        torch.cuda.is_bf16_supported(), cores, props.name)
+    return Hardware("cpu", 1, psutil.virtual_memory().available / 2**30, False, cores, "cpu")
+
+
+def shape_from_config(config: dict[str, Any], parameters: int) -> ModelShape:
+    text = config.get("text_config", config)
+    return ModelShape(parameters=parameters, layers=int(text.get("num_hidden_layers", 0) or 0),
+                      hidden=int(text.get("hidden_size", 0) or 0), vocab=int(text.get("vocab_size", 0) or 0),
+                      heads=int(text.get("num_attention_heads", 0) or 0))
+
+
+def shape_from_parameters(parameters: int) -> ModelShape:
+    """Rough transformer shape for a model whose config is not on this machine."""
+    layers = int(min(96, max(16, 24 + 16 * math.log2(max(parameters, 1) / 1e9))))
+    hidden = int(math.sqrt(parameters / (12 * layers)))
+    return ModelShape(parameters, layers, hidden, 150_000)
+
+
+def estimate_memory_gb(shape: ModelShape, technique: str, lora: bool, batch: int, seq: int,
+                       precision: str, checkpointing: bool) -> float:
+    """Peak training memory: weights, grads and AdamW states, activations, logits."""
+    wbytes = 4 if precision == "fp32" else 2
+    p = shape.parameters
+    if lora:
+        trainable = 0.01 * p
+        states = p * wbytes + trainable * 16             # frozen base + (weights, grads, 2 Adam moments) of adapters
+    else:
+        # fp32: weights + grads + 2 moments = 16 B/param; mixed precision keeps an fp32 master too
+        states = p * (16 if precision == "fp32" else 18)
+    rows = batch * (2 if technique == "dpo" else 1)          # DPO runs chosen and rejected
+    per_token_layer = 34 * shape.hidden * wbytes / 2          # Megatron estimate, scaled to our width
+    act = rows * seq * per_token_layer * (1 if checkpointing else shape.layers)
+    if checkpointing:
+        act += rows * seq * shape.hidden * wbytes * shape.layers
+    logits = rows * seq * shape.vocab * 4 * 2                 # fp32 logits and their gradient
+    ref = p * wbytes if technique == "dpo" and not lora else 0  # full-rank DPO keeps a reference copy
+    return (states + act + logits + ref) * 1.15 / 2**30      # allocator slack
+
+
+def estimate_time_s(shape: ModelShape, technique: str, lora: bool, tokens: float, hw: Hardware,
+                    precision: str) -> float:
+    flops_per_token = (4 if lora else 6) * shape.parameters
+    if technique == "dpo":
+        flops_per_token = 2 * flops_per_token + 2 * shape.parameters   # two sequences + reference forward
+    if hw.device == "cpu":
+        throughput = hw.cpu_cores * 8e9                       # effective fp32 FLOP/s per core on small matmuls
+    else:
+        throughput = hw.count * (250e12 if precision != "fp32" else 40e12)
+    return flops_per_token * tokens / throughput
+
+
+def make_plan(*, technique: str, training_type: str, shape: ModelShape, data: DataStats, hw: Hardware,
+              defaults: dict[str, Any], overrides: dict[str, Any]) -> Plan:
+    """Resolve hyperparameters (user > model default) and lay them out on the hardware."""
+    hp = {**defaults, **overrides}
+    lora = training_type == "lora"
+    max_len = int(hp.get("dataset_max_len", 1024))
+    seq = min(max_len, max(8, data.max_tokens))
+    global_batch = int(hp.get("global_batch_size", 8))
+    epochs = int(hp.get("max_epochs", 1))
+    notes: list[str] = []
+
+    precision = "fp32" if hw.device == "cpu" else ("bf16" if hw.bf16 else "fp16")
+    world = hw.count if hw.device == "cuda" else 1
+    budget = hw.memory_gb * (0.85 if hw.device == "cuda" else 0.6)
+    per_device = max(1, min(global_batch // world or 1, 8 if hw.device == "cpu" else 64))
+    checkpointing = False
+    while True:
+        mem = estimate_memory_gb(shape, technique, lora, per_device, seq, precision, checkpointing)
+        if mem <= budget:
+            break
+        if per_device > 1:
+            per_device //= 2
+        elif not checkpointing:
+            checkpointing = True
+            notes.append("gradient checkpointing on: one sample does not fit without it")
+        else:
+            raise ValidationError(
+                f"This job needs about {mem:.1f} GiB per device; {hw.device} has {budget:.1f} GiB usable.",
+                hint="Use --training-type lora, a smaller --max-seq-length, or a machine with more memory.")
+    grad_accum = max(1, math.ceil(global_batch / (per_device * world)))
+    effective = per_device * grad_accum * world
+    if effective != global_batch:
+        notes.append(f"global batch {global_batch} rounded to {effective} ({per_device} x {grad_accum} x {world})")
+    steps_per_epoch = max(1, math.ceil(data.rows / effective))
+    total = int(hp.get("max_steps") or steps_per_epoch * epochs)
+    save_steps = int(hp.get("save_steps") or max(10, math.ceil(total / 5)))
+    tokens = data.mean_tokens * data.rows * epochs if not hp.get("max_steps") else data.mean_tokens * effective * total
+    lr_key = "learning_rate"
+    return Plan(
+        device=hw.device, precision=precision, world_size=world, per_device_batch=per_device,
+        grad_accum=grad_accum, global_batch=effective, gradient_checkpointing=checkpointing, epochs=epochs,
+        steps_per_epoch=steps_per_epoch, total_steps=total, save_steps=save_steps,
+        logging_steps=1 if total <= 200 else max(1, total // 100),
+        learning_rate=float(hp[lr_key]), warmup_steps=int(hp.get("warmup_steps", 0)),
+        weight_decay=float(hp.get("weight_decay", 0.0)), max_length=max_len,
+        lora_rank=int(hp.get("lora_rank", 16)) if lora else None,
+        lora_alpha=int(hp.get("lora_alpha", 32)) if lora else None,
+        beta=float(hp.get("beta", 0.1)) if technique == "dpo" else None,
+        seed=int(hp.get("seed", 42)), threads=hw.cpu_cores if hw.device == "cpu" else 0,
+        est_peak_memory_gb=round(estimate_memory_gb(shape, technique, lora, per_device, seq, precision,
+                                                    checkpointing), 3),
+        est_time_s=round(estimate_time_s(shape, technique, lora, tokens, hw, precision), 1),
+        notes=notes,
+    )

@@ -1,0 +1,66 @@
+import threading
+
+from tuneloop.store.db import SCHEMA_VERSION, make_engine, migrate, schema_version
+from tuneloop.store.repo import Store
+
+
+def _store(tmp_path) -> Store:
+    engine = make_engine(f"sqlite:///{tmp_path / 't.db'}")
+    migrate(engine)
+    return Store(engine)
+
+
+def _row(name, technique="sft"):
+    return dict(id=name, project="p", technique=technique, training_type="lora", model="m", dataset="d",
+                spec={}, plan={}, job_dir="/tmp/x")
+
+
+def test_schema_version_is_recorded_and_migrate_is_idempotent(tmp_path):
+    store = _store(tmp_path)
+    migrate(store.engine)
+    with store.engine.connect() as conn:
+        assert conn.execute(schema_version.select()).scalar() == SCHEMA_VERSION
+
+
+def test_one_active_job_per_technique_even_when_racing(tmp_path):
+    store = _store(tmp_path)
+    results = []
+    threads = [threading.Thread(target=lambda i=i: results.append(store.insert_job(_row(f"j{i}")))) for i in range(6)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert results.count(True) == 1
+    assert store.insert_job(_row("dpo-job", "dpo"))  # techniques never interfere
+
+
+def test_finished_job_frees_its_technique(tmp_path):
+    store = _store(tmp_path)
+    assert store.insert_job(_row("a"))
+    store.update_job("a", state="completed")
+    assert store.get_job("a")["active_key"] is None and store.get_job("a")["finished_at"] is not None
+    assert store.insert_job(_row("b"))
+
+
+def test_claim_has_one_winner(tmp_path):
+    store = _store(tmp_path)
+    store.insert_job(_row("a"))
+    assert store.claim_job("a", 100, "h")
+    assert not store.claim_job("a", 101, "h")                  # already claimed
+    assert store.claim_job("a", 102, "h", expect_pid=100)     # restart of a dead runner
+    assert not store.claim_job("a", 103, "h", expect_pid=100)  # a second restart loses
+    assert store.get_job("a")["attempts"] == 2
+
+
+def test_registry_versions_and_config_state(tmp_path):
+    store = _store(tmp_path)
+    for name in ("a", "b"):
+        store.insert_job(_row(name))
+        store.update_job(name, state="completed")
+    pkg = dict(technique="sft", training_type="lora", base_model="m", dataset="d", dataset_sha256="0" * 64,
+               output_path="/o", output_type="adapter", metrics={})
+    assert store.register_package("p-tune-models", "p", {**pkg, "job_id": "a"}) == 1
+    assert store.register_package("p-tune-models", "p", {**pkg, "job_id": "b"}) == 2
+    assert store.register_package("p-tune-models", "p", {**pkg, "job_id": "a"}) == 1  # once per job
+    assert [p["version"] for p in store.list_packages(project="p")] == [1, 2]
+    store.set_config("p", {"TUNE_TECHNIQUE": "sft"})
+    store.set_config("p", {"TUNE_TECHNIQUE": "dpo"})
+    assert store.get_config("p") == {"TUNE_TECHNIQUE": "dpo"}

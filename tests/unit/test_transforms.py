@@ -1,0 +1,58 @@
+import pytest
+from hypothesis import given, strategies as st
+
+from tuneloop.data.transforms import (EMPTY_LIST, MIXED_ROLES, SAME_ROLE, SINGLE_DICT, SINGLE_ELEMENT_LIST,
+                                      describe_shape, detect_chat_shape, flatten, parse_column_map, rename_columns)
+from tuneloop.errors import DatasetError
+
+
+def test_column_map_both_syntaxes():
+    assert parse_column_map("input:prompt,output:completion") == {"input": "prompt", "output": "completion"}
+    assert parse_column_map("prompt=question, completion=answer") == {"question": "prompt", "answer": "completion"}
+    assert parse_column_map(None) == {}
+
+
+@pytest.mark.parametrize("bad", ["prompt", "a:", "=b"])
+def test_column_map_errors_name_the_entry(bad):
+    with pytest.raises(DatasetError) as e:
+        parse_column_map(bad)
+    assert e.value.param == "column_map"
+
+
+def test_rename_keeps_other_columns():
+    assert rename_columns({"q": 1, "x": 2}, {"q": "prompt"}) == {"prompt": 1, "x": 2}
+
+
+def test_flatten_strategies():
+    assert flatten({"role": "assistant", "content": "AI is"}) == "AI is"
+    assert flatten([{"role": "user", "content": "hi"}]) == "hi"
+    assert flatten([{"role": "assistant", "content": "A"}, {"role": "assistant", "content": "B"}]) == "A\nB"
+    assert flatten([{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]) == "user: Q\nassistant: A"
+    assert flatten([]) == ""
+
+
+def test_detect_and_describe():
+    assert detect_chat_shape({"role": "a", "content": "x"}) == (SINGLE_DICT, 1)
+    assert detect_chat_shape([{"role": "a", "content": "x"}]) == (SINGLE_ELEMENT_LIST, 1)
+    assert detect_chat_shape([{"role": "a", "content": "x"}] * 4)[0] == SAME_ROLE
+    assert detect_chat_shape([{"role": "u", "content": "x"}, {"role": "a", "content": "y"}])[0] == MIXED_ROLES
+    assert detect_chat_shape([]) == (EMPTY_LIST, 0)
+    assert detect_chat_shape("text") is None
+    assert describe_shape(SAME_ROLE, 4) == "newline-joined content (4 messages, same role)"
+    assert describe_shape(MIXED_ROLES, 3) == "role: content (multi-turn, 3 messages)"
+
+
+def test_unconvertible_value_is_a_clear_error():
+    with pytest.raises(ValueError, match="Cannot convert value to string"):
+        flatten({"role": "a", "content": {"nested": True}})
+
+
+@given(st.text())
+def test_plain_strings_pass_through(s):
+    assert flatten(s) == s
+
+
+@given(st.lists(st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant"]), "content": st.text()}),
+                max_size=5))
+def test_flatten_of_messages_is_always_a_string(messages):
+    assert isinstance(flatten(messages), str)
