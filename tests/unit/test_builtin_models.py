@@ -84,12 +84,19 @@ def test_registry_and_unknown_id(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_existing_folder_is_returned_as_is(tmp_path):
+def test_current_folder_is_returned_as_is_and_older_formats_are_rebuilt(tmp_path):
+    import json
+
+    from tuneloop.models.builtin import FORMAT_VERSION, MARKER_FILE
+
     folder = tmp_path / "tuneloop--tiny-llama"
     folder.mkdir()
-    (folder / "keep.txt").write_text("mine")
+    (folder / MARKER_FILE).write_text(json.dumps({"format_version": FORMAT_VERSION}))
     assert ensure_builtin("tuneloop/tiny-llama", tmp_path) == folder
-    assert [p.name for p in folder.iterdir()] == ["keep.txt"]
+    assert [p.name for p in folder.iterdir()] == [MARKER_FILE]
+    (folder / MARKER_FILE).write_text(json.dumps({"format_version": FORMAT_VERSION - 1}))
+    assert ensure_builtin("tuneloop/tiny-llama", tmp_path) == folder
+    assert (folder / "model.safetensors").is_file()
 
 
 def test_small_qwen3_is_about_25m_parameters():

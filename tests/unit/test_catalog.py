@@ -121,9 +121,9 @@ def test_builtins(catalog):
     tiny = catalog.models["tuneloop/tiny-qwen3"]
     assert tiny.chat_template == "chatml"
     assert tiny.default
-    assert tiny.techniques["sft"].hyperparameters["learning_rate"] == 1e-2
+    assert tiny.techniques["sft"].hyperparameters["learning_rate"] == 2e-3
     assert tiny.techniques["sft"].hyperparameters["learning_rate_full"] == 3e-3
-    assert tiny.techniques["sft"].hyperparameters["max_epochs"] == 30
+    assert tiny.techniques["sft"].hyperparameters["max_epochs"] == 80
     assert tiny.techniques["sft"].hyperparameters["dataset_max_len"] == 256
 
 
@@ -322,7 +322,7 @@ def test_default_hyperparameters_lora_vs_full(catalog):
 
 def test_default_hyperparameters_builtin(catalog):
     tiny = catalog.default_model()
-    assert tiny.default_hyperparameters("sft", "lora")["learning_rate"] == 1e-2
+    assert tiny.default_hyperparameters("sft", "lora")["learning_rate"] == 2e-3
     assert tiny.default_hyperparameters("sft", "full-rank")["learning_rate"] == 3e-3
     assert tiny.default_hyperparameters("dpo", "full-rank")["learning_rate"] == 1e-3
     rl = tiny.default_hyperparameters("rlvr", "lora")
