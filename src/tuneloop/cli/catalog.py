@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from tuneloop.cli.common import handle_errors, print_json
+from tuneloop.cli.common import console, handle_errors, print_json
 
 
 def _size(n: int) -> str:
@@ -32,7 +31,7 @@ def models(as_json: bool = typer.Option(False, "--json", help="Machine-readable 
                                           ("vision-language", m.modality != "text")) if on)
         table.add_row(m.id, f"{m.provider} {m.family}", _size(m.parameters), ", ".join(m.techniques),
                       ", ".join(types), notes)
-    Console().print(table)
+    console().print(table)
     warning = catalog.staleness_warning()
     if warning:
         print(warning)

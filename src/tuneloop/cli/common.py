@@ -13,6 +13,13 @@ import typer
 from tuneloop.errors import TuneloopError
 
 
+def console():
+    """Rich console; as wide as a log line (not 80 columns) when output goes to a pipe or file."""
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=200)
+
+
 def service():
     from tuneloop.service.jobs import JobService
     from tuneloop.settings import load_settings

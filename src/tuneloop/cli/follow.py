@@ -25,7 +25,7 @@ def follow(svc, job_id: str, *, quiet: bool = False) -> dict[str, Any]:
                       TimeRemainingColumn(), console=console, disable=quiet or not console.is_terminal,
                       transient=True) as progress:
             task = progress.add_task(job_id, total=job["total_steps"] or None, state=job["state"], loss="-")
-            last_step = -1
+            last_step, last_print = -1, 0.0
             while job["state"] in ("queued", "running"):
                 if svc.is_stale(job):
                     svc.store.add_event(job_id, "runner process is gone; restarting from the last checkpoint",
@@ -36,8 +36,11 @@ def follow(svc, job_id: str, *, quiet: bool = False) -> dict[str, Any]:
                 progress.update(task, completed=job["step"], total=job["total_steps"] or None, state=job["state"],
                                 loss=loss)
                 if not console.is_terminal and not quiet and job["step"] != last_step and job["step"]:
-                    print(f"  {job['state']} step {job['step']}/{job['total_steps']} loss {loss}", file=sys.stderr)
-                    last_step = job["step"]
+                    # in logs and pipes: a line every 10% of the steps or every 10 s, not every poll
+                    tenth = max(1, (job["total_steps"] or 10) // 10)
+                    if job["step"] // tenth != last_step // tenth or time.monotonic() - last_print > 10:
+                        print(f"  {job['state']} step {job['step']}/{job['total_steps']} loss {loss}", file=sys.stderr)
+                        last_step, last_print = job["step"], time.monotonic()
                 time.sleep(POLL_S)
                 job = svc.get(job_id)
     except KeyboardInterrupt:

@@ -7,21 +7,20 @@ import time
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from tuneloop.cli.common import duration, handle_errors, print_json, public_job, service
+from tuneloop.cli.common import console, duration, handle_errors, print_json, public_job, service
 
 
 def _jobs_table(jobs: list[dict], title: str) -> Table:
     table = Table(title=title, title_justify="left")
     table.add_column("job", no_wrap=True)
-    for col in ("technique", "type", "state", "step", "loss", "time", "output"):
-        table.add_column(col, overflow="fold")
+    for col in ("technique", "type", "state", "step", "loss", "time", "output / error"):
+        table.add_column(col)
     for j in jobs:
         loss = f"{j['loss']:.4f}" if j["loss"] is not None else "-"
         table.add_row(j["id"], j["technique"], j["training_type"], j["state"], f"{j['step']}/{j['total_steps']}",
-                      loss, duration(j), j["output_path"] or (j["error"] or "")[:60])
+                      loss, duration(j), j["output_type"] or (j["error"] or "")[:80])
     return table
 
 
@@ -37,7 +36,7 @@ def tune_status(project: Optional[str], as_json: bool) -> None:
     if not latest:
         print(f"No tune jobs in project {project!r} yet. Start one: tuneloop tune --technique sft --dataset FILE")
         return
-    Console().print(_jobs_table(latest, f"Tracked tune jobs in project {project!r}"))
+    console().print(_jobs_table(latest, f"Tracked tune jobs in project {project!r}"))
 
 
 @handle_errors
@@ -52,7 +51,7 @@ def status(job: Optional[str] = typer.Argument(None, help="Job name (default: al
         jobs = svc.store.find_jobs(resolve_project(project))
         if as_json:
             return print_json([public_job(j) for j in jobs])
-        return Console().print(_jobs_table(jobs, f"Jobs in project {resolve_project(project)!r}"))
+        return console().print(_jobs_table(jobs, f"Jobs in project {resolve_project(project)!r}"))
     row = svc.resolve_job(job, project)
     if as_json:
         return print_json(public_job(row) | {"stale": svc.is_stale(row)})

@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from tuneloop.cli.common import handle_errors, print_json, service
+from tuneloop.cli.common import console, handle_errors, print_json, service
 
 registry_app = typer.Typer(help="Model package groups and their versions.", no_args_is_help=True)
 
@@ -38,9 +37,9 @@ def registry_list(group: Optional[str] = typer.Option(None, "--group", help="Onl
     if as_json:
         return print_json(packages)
     table = Table(title="Registered models", title_justify="left")
-    for col in ("group", "version", "technique", "type", "base model", "dataset sha256", "job", "output"):
-        table.add_column(col)
+    for col in ("group", "version", "technique", "type", "base model", "dataset sha256", "job"):
+        table.add_column(col, no_wrap=True)
     for p in packages:
         table.add_row(p["group_name"], str(p["version"]), p["technique"], p["output_type"], p["base_model"],
-                      p["dataset_sha256"][:12], p["job_id"], p["output_path"])
-    Console().print(table)
+                      p["dataset_sha256"][:12], p["job_id"])
+    console().print(table)
