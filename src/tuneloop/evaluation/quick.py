@@ -12,9 +12,14 @@ from typing import Any, Sequence
 
 def load_for_eval(model_dir: str, adapter_dir: str | None = None):
     """Base model (+ PEFT adapter) and tokenizer, in eval mode, fp32 on CPU / bf16-capable GPU."""
+    import warnings
+
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # no "Loading weights" bars in CLI output
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
     tok = AutoTokenizer.from_pretrained(adapter_dir or model_dir)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
