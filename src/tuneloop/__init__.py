@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 __all__ = [
     "CustomizationTechnique",
     "DPOTrainer",
+    "DataSet",
     "SFTTrainer",
     "TrainingJob",
     "TrainingType",
@@ -21,5 +22,5 @@ __all__ = [
 ]
 
 from tuneloop.errors import TuneloopError
-from tuneloop.sdk import (CustomizationTechnique, DPOTrainer, SFTTrainer, TrainingJob, TrainingType,
+from tuneloop.sdk import (CustomizationTechnique, DataSet, DPOTrainer, SFTTrainer, TrainingJob, TrainingType,
                           list_supported_models)

@@ -134,18 +134,124 @@ class _Trainer:
         from tuneloop.service.jobs import TuneRequest
 
         dataset = training_dataset or self.training_dataset
+        dataset = str(dataset) if dataset is not None else None  # a DataSet is its name@vN
+        validation = validation_dataset or self.validation_dataset
+        validation = str(validation) if validation is not None else None
         if not dataset:
             raise ValidationError("No training dataset given.", hint="Pass training_dataset='train.jsonl'.",
                                   param="training_dataset")
         service = _service()
         req = TuneRequest(technique=self.technique.value, dataset=dataset, training_type=self.training_type,
                           model=self.model, project=self.project, hyperparameters=self.hyperparameters,
-                          validation_dataset=validation_dataset or self.validation_dataset,
+                          validation_dataset=validation,
                           column_map=self.column_map, output_uri=self.output_path,
                           model_package_group=self.model_package_group, accept_eula=self.accept_eula)
         outcome = service.submit(service.prepare(req), force=force)
         job = TrainingJob(outcome.job["id"], service)
         return job.wait() if wait else job
+
+
+class DataSet:
+    """A registered, versioned dataset (SageMaker V3's DataSet, self-hosted).
+
+        ds = DataSet.create(name="support-sft", source="data/train.jsonl",
+                            customization_technique=CustomizationTechnique.SFT)
+        train, validation = ds.split(train_split_ratio=0.9)
+        SFTTrainer(training_dataset=train, validation_dataset=validation).train()
+
+    `str(ds)` is `name@vN`, which every dataset argument (CLI, SDK) accepts."""
+
+    def __init__(self, row: dict[str, Any]):
+        self._row = dict(row)
+
+    name = property(lambda self: self._row["name"])
+    version = property(lambda self: self._row["version"])
+    ref = property(lambda self: self._row["ref"])
+    source = property(lambda self: self._row["source"])
+    sha256 = property(lambda self: self._row["sha256"])
+    rows = property(lambda self: self._row["rows"])
+    columns = property(lambda self: list(self._row["columns"]))
+    path = property(lambda self: self._row["path"])
+    format = property(lambda self: self._row["format"])
+    parent = property(lambda self: self._row.get("parent"))
+    created_time = property(lambda self: self._row["created_at"])
+    stats = property(lambda self: dict(self._row.get("stats") or {}))
+
+    @property
+    def arn(self) -> str:
+        return f"tuneloop:dataset/{self.ref}"
+
+    @property
+    def customization_technique(self) -> CustomizationTechnique:
+        return CustomizationTechnique(self._row["technique"])
+
+    @staticmethod
+    def _assets():
+        from tuneloop.data.assets import DatasetAssets
+        from tuneloop.settings import load_settings
+        from tuneloop.store import open_store
+
+        settings = load_settings()
+        return DatasetAssets(open_store(settings.database_url), settings)
+
+    @classmethod
+    def create(cls, name: str, source: str, customization_technique: CustomizationTechnique | str | None = None,
+               wait: bool = True, description: str = "", *, column_map: str | None = None,
+               no_transform: bool = False, take: int | None = None, **kwargs: Any) -> "DataSet":
+        """Validate and stage `source`, then store it as the next version of `name` (identical
+        content returns the existing version). `data_location` is accepted for `source`."""
+        from tuneloop.errors import ValidationError
+
+        source = source or kwargs.pop("data_location", None)
+        if kwargs:
+            raise ValidationError(f"Unknown argument(s) for DataSet.create: {', '.join(sorted(kwargs))}.",
+                                  param=next(iter(kwargs)))
+        if customization_technique is None:
+            raise ValidationError("DataSet.create needs customization_technique (SFT, DPO, RLVR or RLAIF).",
+                                  param="customization_technique")
+        technique = CustomizationTechnique(str(getattr(customization_technique, "value", customization_technique))
+                                           .lower()).value
+        row, _ = cls._assets().create(name, str(source), technique, column_map=column_map,
+                                      no_transform=no_transform, take=take, description=description or None)
+        return cls(row)
+
+    @classmethod
+    def get(cls, name: str) -> "DataSet":
+        """`name` (latest version) or `name@vN`."""
+        return cls(cls._assets().get(name))
+
+    @classmethod
+    def get_all(cls, max_results: int | None = None) -> list["DataSet"]:
+        rows = cls._assets().list()
+        return [cls(r) for r in rows[:max_results] if r] if max_results else [cls(r) for r in rows]
+
+    def get_versions(self) -> list["DataSet"]:
+        return [DataSet(r) for r in self._assets().versions(self.name)]
+
+    def split(self, train_split_ratio: float = 0.8, seed: int = 0) -> tuple["DataSet", "DataSet"]:
+        """Deterministic split into `<name>-train` and `<name>-validation` datasets."""
+        train, val = self._assets().split(self.ref, ratio=train_split_ratio, seed=seed)
+        return DataSet(train), DataSet(val)
+
+    def delete(self) -> None:
+        self._assets().delete(self.ref)
+
+    def refresh(self) -> "DataSet":
+        self._row = self._assets().get(self.ref)
+        return self
+
+    def __str__(self) -> str:
+        return self.ref
+
+    def __repr__(self) -> str:
+        return (f"DataSet(name={self.name!r}, version={self.version}, technique={self._row['technique']!r}, "
+                f"rows={self.rows}, sha256={self.sha256[:12]!r}, source={self.source!r})")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, DataSet) and other.ref == self.ref and other.sha256 == self.sha256
+
+    def __hash__(self) -> int:
+        return hash((self.ref, self.sha256))
 
 
 class SFTTrainer(_Trainer):

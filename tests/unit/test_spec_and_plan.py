@@ -64,3 +64,15 @@ def test_impossible_job_says_what_to_change():
         make_plan(technique="sft", training_type="full-rank", shape=huge, data=DataStats(10, 900, 2048), hw=CPU,
                   defaults=DEFAULTS, overrides={})
     assert "--training-type lora" in e.value.hint
+
+
+def test_cpu_micro_batch_follows_a_token_budget_and_mixed_lengths_are_grouped():
+    short = make_plan(technique="sft", training_type="lora", shape=TINY, data=DataStats(256, 30, 40), hw=CPU,
+                      defaults=DEFAULTS, overrides={})
+    long = make_plan(technique="sft", training_type="lora", shape=TINY, data=DataStats(256, 100, 250), hw=CPU,
+                     defaults=DEFAULTS, overrides={})
+    assert short.per_device_batch == 8 and not short.group_by_length
+    assert long.per_device_batch == 2 and long.grad_accum == 4 and long.group_by_length
+    dpo = make_plan(technique="dpo", training_type="lora", shape=TINY, data=DataStats(256, 100, 250), hw=CPU,
+                    defaults=DEFAULTS, overrides={})
+    assert dpo.per_device_batch == 1 and not dpo.group_by_length  # two sequences a sample

@@ -8,6 +8,8 @@ import os
 import typer
 
 from tuneloop.cli import catalog, jobs, state, tune
+from tuneloop.cli import datasets
+from tuneloop.cli import deploy, serve
 
 app = typer.Typer(name="tuneloop", help="Self-hosted model customization: tune -> adapter -> deploy -> test.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -18,6 +20,14 @@ app.command("logs")(jobs.logs)
 app.command("cancel")(jobs.cancel)
 app.command("config")(state.config)
 app.add_typer(state.registry_app, name="registry")
+app.add_typer(datasets.app, name="datasets")
+app.command("serve")(serve.serve)
+app.command("test")(serve.test)
+app.add_typer(deploy.adapter_app, name="adapter")
+app.command("add-ic")(deploy.add_ic)
+app.command("remove-ic")(deploy.remove_ic)
+app.command("deploy")(deploy.deploy)
+app.command("deployment")(deploy.deployment)
 
 
 @app.command("demo")

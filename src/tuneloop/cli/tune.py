@@ -14,7 +14,8 @@ from tuneloop.errors import ValidationError
 @handle_errors
 def tune(
     technique: Optional[str] = typer.Option(None, "--technique", help="sft | dpo | rlvr | rlaif"),
-    dataset: Optional[str] = typer.Option(None, "--dataset", help="Training data: a JSONL file (or file:// URL)."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="Training data: file, folder, fsspec URL, "
+                                          "hf://org/name/split?file=PATTERN, or a registered NAME or NAME@vN."),
     training_type: str = typer.Option("lora", "--training-type", help="lora (adapter) | full-rank (full model)."),
     model: Optional[str] = typer.Option(None, "--model", help="Catalog id, built-in, or local model folder "
                                         "[default: the catalog default, tuneloop/tiny-qwen3]."),
@@ -33,6 +34,7 @@ def tune(
     column_map: Optional[str] = typer.Option(None, "--column-map", help='Rename columns: "input:prompt,output:completion" or "prompt=question".'),
     no_transform: bool = typer.Option(False, "--no-transform", help="Halt instead of flattening chat-format columns."),
     validation_dataset: Optional[str] = typer.Option(None, "--validation-dataset", help="Validation data (same format)."),
+    validation_split: Optional[float] = typer.Option(None, "--validation-split", help="Hold out this share of the rows as validation data (deterministic, e.g. 0.1)."),
     take: Optional[int] = typer.Option(None, "--take", min=1, help="Use only the first N rows."),
     output_bucket: Optional[str] = typer.Option(None, "--output-bucket", help="Also copy the output here (folder or fsspec URL)."),
     force: bool = typer.Option(False, "--force", help="Start a new job even if one exists for this technique."),
@@ -69,7 +71,8 @@ def tune(
         hyperparameters=dict(max_epochs=epochs, learning_rate=learning_rate, dataset_max_len=max_seq_length,
                              lora_rank=lora_rank, lora_alpha=lora_alpha, global_batch_size=batch_size,
                              max_steps=max_steps, save_steps=save_steps),
-        validation_dataset=validation_dataset, column_map=column_map, no_transform=no_transform, take=take,
+        validation_dataset=validation_dataset, validation_split=validation_split, column_map=column_map,
+        no_transform=no_transform, take=take,
         output_uri=output_bucket, reward_function=reward_function, reward_prompt=reward_prompt,
         accept_eula=accept_eula)
     prep = svc.prepare(req)

@@ -1,193 +1,561 @@
-"""Stage a dataset: read the source, rename columns, flatten chat-format columns, validate every
-line, and write canonical JSONL. Nothing is written when any line is bad.
+"""Stage a dataset: resolve the source, read every record, rename columns, recognise the record
+format, flatten chat-format columns, validate, and write canonical JSONL. Nothing is written when
+any record is bad; the whole source is checked in one streaming pass, in constant memory.
 
     from tuneloop.data.stage import stage_dataset
     result = stage_dataset("train.jsonl", "sft", Path("staged.jsonl"))
+    result = stage_dataset("hf://org/name/train?file=*sft*", "sft", Path("staged.jsonl"))
+
+The seed's order: download (sources.resolve) -> column rename -> detect chat format -> flatten ->
+type validation -> write JSONL. `tuneloop tune`, `tuneloop datasets stage|create` and the SDK all
+call this function.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
-import json
+import io
 import os
-import re
+from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
+import orjson
+
+from tuneloop.data import formats, readers, sources
 from tuneloop.data.schema import EXAMPLES, SCHEMAS
-from tuneloop.data.transforms import describe_shape, detect_chat_shape, flatten, parse_column_map, rename_columns
-from tuneloop.data.validate import RecordProblem, check_types, missing_columns, suggest_column_map
+from tuneloop.data.transforms import parse_column_map, rename_columns
+from tuneloop.data.validate import RecordProblem, suggest_column_map
 from tuneloop.errors import DatasetError
 
 MAX_SHOWN = 20
+
+try:  # a 64-bit hash of each staged line, the same in every process (duplicate counting)
+    from xxhash import xxh3_64_intdigest as _h64
+except ImportError:  # pragma: no cover - xxhash comes with datasets
+    def _h64(data: bytes) -> int:
+        return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
+_FLUSH_ROWS = 4096
 
 
 @dataclass
 class StageResult:
     path: Path
-    rows: int
-    sha256: str
+    rows: int                                            # rows written
+    sha256: str                                          # of the staged file's bytes
     columns: list[str]
     notes: list[str] = field(default_factory=list)       # auto-conversions, reported once each
     warnings: list[str] = field(default_factory=list)    # empty fields, duplicates
+    rows_read: int = 0                                   # records read (blank lines not counted)
+    empty_fields: int = 0                                # empty strings in canonical text fields
+    empty_rows: int = 0                                  # rows with at least one of them
+    duplicates: int = 0                                  # rows identical to an earlier staged row
+    format: str = ""                                     # the record format recognised
+    files: list[str] = field(default_factory=list)       # the source files read
+    source: str = ""
+    dataset_version: str | None = None                   # name@vN when the source is a registered dataset
+    lengths: dict[str, Any] | None = None                # token lengths (tuneloop datasets stage --model)
 
     def to_dict(self) -> dict[str, Any]:
         return {"path": str(self.path), "rows": self.rows, "sha256": self.sha256, "columns": self.columns,
-                "notes": self.notes, "warnings": self.warnings}
+                "format": self.format, "rows_read": self.rows_read, "rows_written": self.rows,
+                "empty_fields": self.empty_fields, "empty_rows": self.empty_rows, "duplicates": self.duplicates,
+                "files": self.files, "source": self.source, "dataset_version": self.dataset_version,
+                "notes": self.notes, "warnings": self.warnings, "lengths": self.lengths}
 
 
-def _local_path(source: str) -> Path:
-    path = Path(source[len("file://"):] if source.startswith("file://") else source).expanduser()
-    if re.match(r"^[a-z][a-z0-9+.-]*://", source) and not source.startswith("file://"):
-        raise DatasetError(
-            f"Dataset source {source!r} is not supported yet.",
-            hint="Pass a local JSONL file (path or file://).", param="dataset")
-    if not path.exists():
-        raise DatasetError(f"Dataset file not found: {path}", hint="Check the path passed to --dataset.",
-                           param="dataset")
-    if path.is_dir():
-        raise DatasetError(f"Dataset {path} is a directory.", hint="Pass a .jsonl file inside it.", param="dataset")
-    return path
+def default_lookup(ref: str) -> dict[str, Any] | None:
+    """Resolve a registered dataset `name[@vN]` in the default store (TUNELOOP_HOME)."""
+    from tuneloop.settings import load_settings
+    from tuneloop.store import open_store
 
-
-def iter_jsonl(path: Path) -> Iterator[tuple[int, Any, str | None]]:
-    """Yield (line_no, record, problem) for every non-blank line; constant memory."""
-    with open(path, "rb") as fh:
-        for line_no, raw in enumerate(fh, start=1):
-            if line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                raw = raw[3:]
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                yield line_no, None, f"column {e.start + 1}: invalid UTF-8 byte 0x{raw[e.start]:02x}; save the file as UTF-8"
-                continue
-            if not text.strip():
-                continue
-            try:
-                record = json.loads(text, parse_constant=_reject_constant)
-            except json.JSONDecodeError as e:
-                yield line_no, None, f"column {e.colno}: invalid JSON ({e.msg})"
-                continue
-            except ValueError as e:
-                yield line_no, None, str(e)
-                continue
-            if not isinstance(record, dict):
-                yield line_no, None, f"expected a JSON object, got {type(record).__name__}"
-                continue
-            yield line_no, record, None
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON; write null or a finite number")
+    url = load_settings().database_url
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).exists():
+        return None  # no database yet, so no registered datasets (and none is created here)
+    return open_store(url).get_dataset_version(ref)
 
 
 def stage_dataset(source: str, technique: str, output: Path, *, column_map: str | None = None,
-                  no_transform: bool = False, take: int | None = None) -> StageResult:
-    """Validate the whole source and write canonical JSONL to `output` (atomically)."""
-    path = _local_path(source)
+                  no_transform: bool = False, take: int | None = None, reward_model: str | None = None,
+                  lookup: Callable[[str], Any] | None = default_lookup, command: str | None = None,
+                  max_line_bytes: int | None = None) -> StageResult:
+    """Validate the whole source and write canonical JSONL to `output` (atomically).
+
+    `lookup` resolves registered dataset names (None: names are not looked up); `command` is the
+    command line that hints repeat (default `tuneloop tune --technique T`); `reward_model` fills
+    RL rows that have no reward_model column (from --reward-function / --reward-prompt)."""
+    command = command or f"tuneloop tune --technique {technique}"
     mapping = parse_column_map(column_map)
-    schema = SCHEMAS[technique]
-    problems: list[str] = []
-    n_problems = 0
-    notes: list[str] = []
-    shapes: dict[str, tuple[str, int]] | None = None
-    rows = empty = dupes = 0
-    seen: set[bytes] = set()
-    digest = hashlib.sha256()
+    resolved = sources.resolve(source, lookup=lookup)
+    if resolved.technique and resolved.technique != technique:
+        raise DatasetError(f"Dataset {resolved.version} was staged for {resolved.technique}, not {technique}.",
+                           hint=f"Use it with --technique {resolved.technique}, or register a {technique} dataset.",
+                           param="dataset")
+
+    def score(cols: set[str]) -> float:
+        mapped = set(rename_columns({c: None for c in cols}, mapping))
+        return max(sum(c in mapped for c in formats.FORMAT_COLUMNS[f]) / len(formats.FORMAT_COLUMNS[f])
+                   for f in formats.ACCEPTED[technique])
+
+    sources.check_divergence(resolved, score=score, command=command)
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(output.name + ".partial")
-    first_columns: list[str] | None = None
-
-    def problem(line_no: int, msg: str) -> None:
-        nonlocal n_problems
-        n_problems += 1
-        if len(problems) < MAX_SHOWN:
-            problems.append(f"{path}:{line_no}: {msg}")
-
-    with open(tmp, "w", encoding="utf-8") as out:
-        for line_no, record, error in iter_jsonl(path):
-            if take is not None and rows >= take:
-                break
-            if error:
-                problem(line_no, error)
-                continue
-            record = rename_columns(record, mapping)
-            if technique == "sft" and "prompt" not in record and {"input", "output"} <= record.keys():
-                record = {("prompt" if k == "input" else "completion" if k == "output" else k): v
-                          for k, v in record.items()}  # SageMaker's input/output SFT format
-            missing = missing_columns(list(record), technique)
-            if missing:
-                if first_columns is None:
-                    out.close()
-                    tmp.unlink(missing_ok=True)
-                    raise _column_mismatch(path, line_no, list(record), technique, source)
-                problem(line_no, f"missing column(s) {', '.join(missing)}")
-                continue
-            first_columns = first_columns or list(record)
-            if shapes is None:  # the seed detects chat format on the first record only
-                shapes = {c: s for c, kind in schema.items() if kind == "string"
-                          and (s := detect_chat_shape(record.get(c))) is not None}
-                for col, (strategy, n) in shapes.items():
-                    if no_transform:
-                        out.close()
-                        tmp.unlink(missing_ok=True)
-                        raise DatasetError(
-                            f"Column '{col}' contains chat-format data (detected: {strategy}) but "
-                            "--no-transform is active.",
-                            hint=f"Remove --no-transform to enable automatic conversion:\n"
-                                 f"  tuneloop tune --technique {technique} --dataset {source}",
-                            param="no_transform")
-                    notes.append(f"ℹ️  Auto-converted column '{col}' from chat-format to string\n"
-                                 f"   Format: {describe_shape(strategy, n)}")
-            try:
-                for col in shapes:
-                    record[col] = flatten(record[col])
-                canonical = check_types(record, technique)
-            except (RecordProblem, ValueError) as e:
-                problem(line_no, str(e))
-                continue
-            if any(isinstance(v, str) and not v.strip() for k, v in canonical.items() if k in schema):
-                empty += 1
-            line = json.dumps(canonical, ensure_ascii=False, sort_keys=False)
-            key = hashlib.blake2b(line.encode(), digest_size=16).digest()
-            if key in seen:
-                dupes += 1
-            seen.add(key)
-            out.write(line + "\n")
-            digest.update(line.encode() + b"\n")
-            rows += 1
-    if n_problems:
+    try:
+        result = _stage(resolved, technique, tmp, mapping=mapping, no_transform=no_transform, take=take,
+                        reward_model=reward_model, command=command, column_map=column_map,
+                        max_line_bytes=max_line_bytes)
+    except BaseException:
         tmp.unlink(missing_ok=True)
-        more = [f"... and {n_problems - len(problems)} more"] if n_problems > len(problems) else []
-        raise DatasetError(
-            f"Dataset {path} has {n_problems} invalid line(s) for {technique}.",
-            details=problems + more + ["Expected one JSON object per line, e.g.:", EXAMPLES[technique]],
-            hint="Fix the lines above and run the command again.", param="dataset")
-    if rows == 0:
-        tmp.unlink(missing_ok=True)
-        raise DatasetError(f"Dataset {path} has no records.",
-                           hint=f"Add one JSON object per line, e.g.:\n  {EXAMPLES[technique]}", param="dataset")
+        raise
     os.replace(tmp, output)
+    result.path = output
+    return result
+
+
+@contextlib.contextmanager
+def open_records(f: sources.DataFile, max_line_bytes: int | None = None) -> Iterator[tuple[str, Iterator]]:
+    """(format, records iterator) of one data file; the format comes from the name or the bytes."""
+    fmt, compression = readers.file_format(f.name)
+    with f.open() as raw:
+        fh = raw
+        if fmt is None:
+            head = raw.read(8)
+            raw.seek(0)
+            sniffed, compression = readers.sniff(head)
+            fh = readers.decompress(raw, compression)
+            if compression:
+                fh = io.BufferedReader(fh) if not hasattr(fh, "peek") else fh
+                sniffed = readers.sniff(fh.peek(16)[:16])[0]
+            fmt = sniffed
+            if fmt is None:
+                raise DatasetError(f"Cannot tell the format of {f.label}.",
+                                   hint="Name it .jsonl, .json, .parquet or .csv (optionally .gz or .zst).",
+                                   param="dataset")
+        else:
+            fh = readers.decompress(raw, compression)
+        yield fmt, readers.reader_for(fmt, f.name)(fh, max_line_bytes=max_line_bytes)
+
+
+def _read_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [OSError, EOFError, ValueError]
+    try:
+        import zstandard
+
+        errors.append(zstandard.ZstdError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+class _Pipeline:
+    """The per-record work (rename -> format -> flatten -> validate -> serialise), shared by the
+    sequential path and the parallel workers. Problems are kept as (file label, location, message)."""
+
+    def __init__(self, technique: str, mapping: dict[str, str], no_transform: bool, reward_model: str | None,
+                 take: int | None = None):
+        self.technique, self.mapping, self.no_transform = technique, mapping, no_transform
+        self.reward_model, self.take = reward_model, take
+        self.notes: dict[str, str] = {}
+        self.fmt = ""
+        self.convert: Callable[[dict], dict] | None = None
+        self.text_cols: tuple[str, ...] = ()
+        self.rows = self.rows_read = self.empty_fields = self.empty_rows = 0
+        self.hashes = array("Q")
+        self.shown: list[tuple[str, str, int, str]] = []     # (label, file format, location, message)
+        self.n_problems = 0
+        self.done = False
+
+    def problem(self, label: str, file_fmt: str, loc: int, msg: str) -> None:
+        self.n_problems += 1
+        if len(self.shown) < MAX_SHOWN:
+            self.shown.append((label, file_fmt, loc, msg))
+
+    def set_format(self, record: dict[str, Any]) -> list[str]:
+        """Decide the record format from the first record; return the columns it misses."""
+        fmt = formats.detect_format(record, self.technique, reward_model=self.reward_model) or ""
+        missing = (formats.missing_for_format(record, fmt, reward_model=self.reward_model) if fmt
+                   else list(SCHEMAS[self.technique]))
+        if not missing:
+            self.use_format(fmt)
+        return missing
+
+    def use_format(self, fmt: str) -> None:
+        self.fmt = fmt
+        self.convert = formats.make_converter(self.technique, fmt, no_transform=self.no_transform,
+                                              reward_model=self.reward_model, notes=self.notes)
+        self.text_cols = () if fmt == formats.MESSAGES else tuple(
+            c for c, kind in SCHEMAS[self.technique].items() if kind == "string" and c != "reward_model")
+
+    def consume(self, records: Iterator, label: str, file_fmt: str, write: Callable[[bytes], None],
+                on_first: Callable[[dict, int, list[str]], None]) -> None:
+        """Run every record of one file through the pipeline; `write` gets each staged line.
+        (Hot loop: counters are locals, written back at the end.)"""
+        mapping, text_cols, convert = self.mapping, self.text_cols, self.convert
+        dumps, encode_error, h64 = orjson.dumps, orjson.JSONEncodeError, _h64
+        hashes_append = self.hashes.append
+        take = self.take
+        rows, rows_read, empty_fields, empty_rows = self.rows, self.rows_read, self.empty_fields, self.empty_rows
+        try:
+            for loc, record, error in records:
+                if error is not None:
+                    self.problem(label, file_fmt, loc, error)
+                    continue
+                rows_read += 1
+                if mapping:
+                    record = rename_columns(record, mapping)
+                if convert is None:  # the first record decides the format (the seed's detection)
+                    missing = self.set_format(record)
+                    if missing:
+                        on_first(record, loc, missing)
+                    text_cols, convert = self.text_cols, self.convert
+                try:
+                    row = convert(record)  # type: ignore[misc]
+                except RecordProblem as e:
+                    self.problem(label, file_fmt, loc, e.message)
+                    continue
+                try:
+                    line = dumps(row)
+                except encode_error as e:
+                    self.problem(label, file_fmt, loc, f"cannot be written as JSON ({e})")
+                    continue
+                if self.n_problems:
+                    continue  # nothing will be written: validate only
+                empty = 0
+                if text_cols:
+                    for c in text_cols:
+                        v = row[c]
+                        if not v or v.isspace():
+                            empty += 1
+                else:
+                    for m in row.get("messages") or row.get("prompt") or ():
+                        v = m["content"]
+                        if not v or v.isspace():
+                            empty += 1
+                if empty:
+                    empty_fields += empty
+                    empty_rows += 1
+                hashes_append(h64(line))
+                write(line)
+                rows += 1
+                if take is not None and rows >= take:
+                    self.done = True
+                    break
+        except _read_errors() as e:  # a broken compressed stream, a file that vanished...
+            self.problem(label, "", 0, f"cannot read the file ({type(e).__name__}: {e}); the rest of it was not read")
+        finally:
+            self.rows, self.rows_read, self.empty_fields, self.empty_rows = rows, rows_read, empty_fields, empty_rows
+
+
+def _stage(resolved: sources.ResolvedSource, technique: str, tmp: Path, *, mapping: dict[str, str],
+           no_transform: bool, take: int | None, reward_model: str | None, command: str,
+           column_map: str | None, max_line_bytes: int | None, workers: int | None = None) -> StageResult:
+    pipe = _Pipeline(technique, mapping, no_transform, reward_model, take)
+    digest = hashlib.sha256()
+    buf: list[bytes] = []
+    all_jsonl = True
+    workers = stage_workers() if workers is None else workers
+
+    with open(tmp, "wb") as out:
+        def flush() -> None:
+            if buf:
+                blob = b"".join(buf)
+                try:
+                    out.write(blob)
+                except OSError as e:
+                    raise DatasetError(f"Cannot write the staged data to {tmp}: {e}") from None
+                digest.update(blob)
+                buf.clear()
+
+        def write(line: bytes) -> None:
+            buf.append(line + b"\n")
+            if len(buf) >= _FLUSH_ROWS:
+                flush()
+
+        for f in resolved.files:
+            if pipe.done:
+                break
+
+            def on_first(record: dict, loc: int, missing: list[str], f=f, file_fmt="jsonl") -> None:
+                raise _column_mismatch(f.label, ("line " if file_fmt == "jsonl" else "row ") + str(loc), list(record),
+                                       technique, pipe.fmt or formats.detect_format(record, technique) or "",
+                                       resolved.source, command, missing)
+
+            try:
+                if workers > 1 and take is None and _parallel_ok(f, max_line_bytes):
+                    flush()
+                    _stage_parallel(pipe, f, out, digest, workers, max_line_bytes, on_first)
+                    continue
+                with open_records(f, max_line_bytes) as (file_fmt, records):
+                    all_jsonl = all_jsonl and file_fmt == "jsonl"
+                    first = functools.partial(on_first, f=f, file_fmt=file_fmt)
+                    pipe.consume(records, f.label, file_fmt, write, first)
+            except formats.ChatFormatHalt as e:
+                raise _no_transform_error(e, technique, resolved.source, command, column_map) from None
+        flush()
+
+    fmt_name = pipe.fmt
+    if pipe.n_problems:
+        shown = [f"{_where_label(label, ff, loc)}: {msg}" for label, ff, loc, msg in pipe.shown]
+        more = [f"... and {pipe.n_problems - len(shown)} more"] if pipe.n_problems > len(shown) else []
+        expected = [f"Expected one JSON object per record ({formats.FORMAT_NAMES[fmt_name]}), e.g.:"
+                    if fmt_name else "Expected one JSON object per line, e.g.:", EXAMPLES[technique]]
+        unit = "line(s)" if all_jsonl else "record(s)"
+        raise DatasetError(
+            f"Dataset {resolved.display} has {pipe.n_problems} invalid {unit} for {technique}.",
+            details=shown + more + expected,
+            hint="Fix the records above and run the command again.", param="dataset")
+    if pipe.rows == 0:
+        raise DatasetError(f"Dataset {resolved.display} has no records.",
+                           hint=f"Add one JSON object per line, e.g.:\n  {EXAMPLES[technique]}", param="dataset")
+    duplicates = count_duplicates(pipe.hashes)
     warnings = []
-    if empty:
-        warnings.append(f"{empty} row(s) have an empty string in a required column")
-    if dupes:
-        warnings.append(f"{dupes} row(s) are exact duplicates of an earlier row")
-    return StageResult(output, rows, digest.hexdigest(), list(schema), notes, warnings)
+    if pipe.empty_rows:
+        warnings.append(f"{pipe.empty_rows} row(s) have an empty string in a required column "
+                        f"({pipe.empty_fields} empty field(s))")
+    if duplicates:
+        warnings.append(f"{duplicates} row(s) are exact duplicates of an earlier row")
+    note_list = [n for n in [formats.format_note(fmt_name)] if n] + list(pipe.notes.values())
+    return StageResult(tmp, pipe.rows, digest.hexdigest(), formats.canonical_columns(technique, fmt_name), note_list,
+                       warnings, rows_read=pipe.rows_read, empty_fields=pipe.empty_fields,
+                       empty_rows=pipe.empty_rows, duplicates=duplicates, format=fmt_name,
+                       files=[f.label for f in resolved.files], source=resolved.source,
+                       dataset_version=resolved.version)
 
 
-def _column_mismatch(path: Path, line_no: int, columns: list[str], technique: str, source: str) -> DatasetError:
-    required = list(SCHEMAS[technique])
-    missing = missing_columns(columns, technique)
-    suggestion = suggest_column_map(columns, technique)
+def _where_label(label: str, file_fmt: str, loc: int) -> str:
+    if not file_fmt:
+        return label
+    return f"{label}:{loc}" if file_fmt == "jsonl" else f"{label}: row {loc}"
+
+
+# ---- parallel staging of one big local JSONL file ----------------------------------------------------
+PARALLEL_MIN_BYTES = 32 * 1024 * 1024
+
+
+def stage_workers() -> int:
+    """Processes for big files: TUNELOOP_STAGE_WORKERS, else one per CPU core (at most 8)."""
+    env = os.environ.get("TUNELOOP_STAGE_WORKERS")
+    if env and env.isdigit():
+        return max(1, int(env))
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
+def _parallel_ok(f: sources.DataFile, max_line_bytes: int | None) -> bool:
+    import multiprocessing
+
+    if f.fs is not None or "fork" not in multiprocessing.get_all_start_methods():
+        return False
+    fmt, compression = readers.file_format(f.name)
+    if fmt != "jsonl" or compression:
+        return False
+    try:
+        return os.path.getsize(f.path) >= PARALLEL_MIN_BYTES
+    except OSError:
+        return False
+
+
+class _Range(io.RawIOBase):
+    """At most `length` bytes of a file from its current position."""
+
+    def __init__(self, fh: Any, length: int):
+        self.fh, self.left = fh, length
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        if self.left <= 0:
+            return b""
+        data = self.fh.read(self.left if n is None or n < 0 else min(n, self.left))
+        self.left -= len(data)
+        return data
+
+
+def _boundaries(path: str, n: int) -> list[int]:
+    size = os.path.getsize(path)
+    cuts = [0]
+    with open(path, "rb") as fh:
+        for i in range(1, n):
+            pos = max(size * i // n, cuts[-1])
+            fh.seek(pos)
+            while True:  # the next line start at or after pos
+                chunk = fh.read(1 << 16)
+                if not chunk:
+                    pos = size
+                    break
+                nl = chunk.find(b"\n")
+                if nl >= 0:
+                    pos += nl + 1
+                    break
+                pos += len(chunk)
+            if pos > cuts[-1] and pos < size:
+                cuts.append(pos)
+    return cuts + [size]
+
+
+def _worker(args: tuple) -> dict[str, Any]:
+    (path, start, end, part, technique, fmt, mapping, no_transform, reward_model, max_line_bytes) = args
+    pipe = _Pipeline(technique, mapping, no_transform, reward_model)
+    pipe.use_format(fmt)
+    stats: dict[str, int] = {}
+    buf: list[bytes] = []
+    halt = None
+    with open(path, "rb") as fh, open(part, "wb") as out:
+        fh.seek(start)
+        records = readers.read_jsonl(_Range(fh, end - start), max_line_bytes=max_line_bytes, stats=stats,
+                                     strip_bom=start == 0)
+
+        def write(line: bytes) -> None:
+            buf.append(line + b"\n")
+            if len(buf) >= _FLUSH_ROWS:
+                out.write(b"".join(buf))
+                buf.clear()
+
+        try:
+            pipe.consume(records, "", "jsonl", write, lambda *a: None)
+        except formats.ChatFormatHalt as e:
+            halt = (e.column, e.strategy)
+        out.write(b"".join(buf))
+    return {"rows": pipe.rows, "rows_read": pipe.rows_read, "empty_fields": pipe.empty_fields,
+            "empty_rows": pipe.empty_rows, "hashes": pipe.hashes.tobytes(), "notes": pipe.notes,
+            "shown": [(loc, msg) for _, _, loc, msg in pipe.shown], "n_problems": pipe.n_problems,
+            "lines": stats.get("lines", 0), "halt": halt}
+
+
+def _stage_parallel(pipe: _Pipeline, f: sources.DataFile, out: Any, digest: Any, workers: int,
+                    max_line_bytes: int | None, on_first: Callable) -> None:
+    """Stage one big local JSONL file in `workers` processes, each on a range of whole lines, then
+    append their parts in order. Same output, counts and messages as the sequential path."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    if pipe.convert is None:  # decide the format from the file's first record, as the sequential path does
+        with open(f.path, "rb") as fh:
+            for loc, record, _ in readers.read_jsonl(fh, max_line_bytes=max_line_bytes):
+                if record is not None:
+                    record = rename_columns(record, pipe.mapping) if pipe.mapping else record
+                    missing = pipe.set_format(record)
+                    if missing:
+                        on_first(record, loc, missing, f=f, file_fmt="jsonl")
+                    break
+        if pipe.convert is None:  # no valid record at all: the sequential path reports every line
+            with open_records(f, max_line_bytes) as (file_fmt, records):
+                pipe.consume(records, f.label, file_fmt, lambda line: None, lambda *a: None)
+            return
+    cuts = _boundaries(f.path, workers)
+    parts = [Path(str(out.name) + f".part{i}") for i in range(len(cuts) - 1)]
+    jobs = [(f.path, cuts[i], cuts[i + 1], str(parts[i]), pipe.technique, pipe.fmt, pipe.mapping, pipe.no_transform,
+             pipe.reward_model, max_line_bytes) for i in range(len(cuts) - 1)]
+    try:
+        with ProcessPoolExecutor(max_workers=len(jobs), mp_context=multiprocessing.get_context("fork")) as pool:
+            results = list(pool.map(_worker, jobs))
+        offset = 0
+        for res in results:
+            if res["halt"]:
+                raise formats.ChatFormatHalt(*res["halt"])
+            for loc, msg in res["shown"]:
+                pipe.problem(f.label, "jsonl" if loc else "", loc + offset if loc else 0, msg)
+            pipe.n_problems += res["n_problems"] - len(res["shown"])
+            offset += res["lines"]
+            for col, note in res["notes"].items():
+                pipe.notes.setdefault(col, note)
+            pipe.rows_read += res["rows_read"]
+            if pipe.n_problems:
+                continue
+            pipe.rows += res["rows"]
+            pipe.empty_fields += res["empty_fields"]
+            pipe.empty_rows += res["empty_rows"]
+            pipe.hashes.frombytes(res["hashes"])
+        if not pipe.n_problems:
+            for part in parts:
+                with open(part, "rb") as fh:
+                    while True:
+                        blob = fh.read(1 << 22)
+                        if not blob:
+                            break
+                        out.write(blob)
+                        digest.update(blob)
+    finally:
+        for part in parts:
+            part.unlink(missing_ok=True)
+
+
+def count_duplicates(hashes: array) -> int:
+    """Rows whose serialised form equals an earlier row's (64-bit hashes, 8 bytes a row)."""
+    if len(hashes) < 2:
+        return 0
+    import numpy as np
+
+    a = np.frombuffer(hashes, dtype=np.uint64).copy()
+    a.sort()
+    return int(np.count_nonzero(a[1:] == a[:-1]))
+
+
+def _column_mismatch(path: str, where: str, columns: list[str], technique: str, fmt: str, source: str, command: str,
+                     missing: list[str]) -> DatasetError:
+    required = list(formats.FORMAT_COLUMNS[fmt]) if fmt else list(SCHEMAS[technique])
+    suggestion = suggest_column_map(columns, technique) if not fmt or fmt in (
+        formats.PROMPT_COMPLETION, formats.PREFERENCE, formats.RL_PROMPT) else {}
     hint = "Rename the columns in the file, or map them with --column-map SOURCE:TARGET."
-    if suggestion:
+    if missing == ["reward_model"]:
+        hint = ("Add a reward_model column, or give one for every row with --reward-function (rlvr) or "
+                "--reward-prompt (rlaif).")
+    elif suggestion:
         cmap = ",".join(f"{s}:{d}" for s, d in suggestion.items())
-        hint = f"Map your columns onto the expected ones:\n  tuneloop tune --technique {technique} " \
-               f"--dataset {source} --column-map \"{cmap}\""
+        hint = f"Map your columns onto the expected ones:\n  {command} --dataset {_quote(source)} --column-map \"{cmap}\""
+    accepted = ", ".join(formats.FORMAT_NAMES[f] for f in formats.ACCEPTED[technique])
     return DatasetError(
-        f"Dataset {path} does not have the columns {technique} needs (line {line_no}).",
+        f"Dataset {path} does not have the columns {technique} needs ({where}).",
         details=[f"Required: {', '.join(required)}", f"Detected: {', '.join(columns) or '(none)'}",
-                 f"Missing:  {', '.join(missing)}"],
+                 f"Missing:  {', '.join(missing)}", f"Accepted formats: {accepted}"],
         hint=hint, param="dataset")
+
+
+def _no_transform_error(e: formats.ChatFormatHalt, technique: str, source: str, command: str,
+                        column_map: str | None) -> DatasetError:
+    cmap = f' --column-map "{column_map}"' if column_map else ""
+    return DatasetError(
+        f"Column '{e.column}' contains chat-format data (detected: {e.strategy}) but --no-transform is active.",
+        hint=f"Remove --no-transform to enable automatic conversion:\n  {command} --dataset {_quote(source)}{cmap}",
+        param="no_transform")
+
+
+def _quote(source: str) -> str:
+    return f'"{source}"' if any(c in source for c in "?*[] ") else source
+
+
+# ---- deterministic split ----------------------------------------------------------------------
+def split_staged(path: Path, ratio: float, seed: int, train_out: Path, validation_out: Path,
+                 columns: list[str] | None = None, fmt: str = "") -> tuple[StageResult, StageResult]:
+    """Split a staged file into train (`ratio` of the rows) and validation, the same way for the
+    same file and seed: a seeded permutation picks the validation rows; row order is kept."""
+    import numpy as np
+
+    if not 0.0 < ratio < 1.0:
+        raise DatasetError(f"Split ratio must be between 0 and 1, got {ratio}.", param="ratio",
+                           hint="Example: --ratio 0.9 keeps 90% of the rows for training.")
+    with open(path, "rb") as fh:
+        n = sum(1 for _ in fh)
+    n_val = int(round(n * (1.0 - ratio)))
+    if n < 2 or n_val < 1 or n_val >= n:
+        raise DatasetError(f"Cannot split {n} row(s) with ratio {ratio}: both parts need at least one row.",
+                           hint="Use more rows or a ratio closer to 0.5.", param="ratio")
+    is_val = np.zeros(n, dtype=bool)
+    is_val[np.random.default_rng(seed).permutation(n)[:n_val]] = True
+    outs = {True: (validation_out, hashlib.sha256()), False: (train_out, hashlib.sha256())}
+    counts = {True: 0, False: 0}
+    for p, _ in outs.values():
+        p.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "rb") as fh, open(train_out, "wb") as tr, open(validation_out, "wb") as va:
+        files = {True: va, False: tr}
+        for i, line in enumerate(fh):
+            v = bool(is_val[i])
+            files[v].write(line)
+            outs[v][1].update(line)
+            counts[v] += 1
+    cols = columns or []
+    return (StageResult(train_out, counts[False], outs[False][1].hexdigest(), cols, format=fmt),
+            StageResult(validation_out, counts[True], outs[True][1].hexdigest(), cols, format=fmt))

@@ -107,3 +107,54 @@ def flatten(value: Any) -> str:
     if strategy in (SINGLE_ELEMENT_LIST, SAME_ROLE):
         return "\n".join(_to_text(m["content"]) for m in value)
     return "\n".join(f"{m.get('role', 'user')}: {_to_text(m['content'])}" for m in value)
+
+
+def flatten_shape(value: Any) -> tuple[str, int, str] | None:
+    """One pass of `detect_chat_shape` and `flatten`: (strategy, n_messages, text) for a
+    chat-format value, None when the value is not chat format. Same results, a few times faster
+    (the staging hot path calls it for every chat-format cell)."""
+    if isinstance(value, dict):
+        if "content" in value and ("role" in value or len(value) == 1):
+            c = value["content"]
+            return SINGLE_DICT, 1, c if type(c) is str else _to_text(c)
+        return None
+    if not isinstance(value, list):
+        return None
+    n = len(value)
+    if n == 0:
+        return EMPTY_LIST, 0, ""
+    if type(value[0]) is dict and len(value[0]) == 2:  # the common case: [{"role", "content"}, ...] of strings
+        try:
+            roles = [m["role"] for m in value]
+            contents = [m["content"] for m in value]
+            text = "\n".join(contents)
+        except (KeyError, TypeError):
+            pass
+        else:
+            if n == 1:
+                return SINGLE_ELEMENT_LIST, 1, text
+            if roles.count(roles[0]) == n:
+                return SAME_ROLE, n, text
+            return MIXED_ROLES, n, "\n".join(map("{}: {}".format, roles, contents))
+    roles = []
+    contents = []
+    for m in value:
+        if not isinstance(m, dict):
+            return None
+        c = m.get("content", _MISSING)
+        if c is _MISSING:
+            return None
+        r = m.get("role", _MISSING)
+        if r is _MISSING and len(m) != 1:
+            return None
+        roles.append(r)
+        contents.append(c)
+    contents = [c if type(c) is str else _to_text(c) for c in contents]
+    if n == 1:
+        return SINGLE_ELEMENT_LIST, 1, contents[0]
+    if roles.count(roles[0]) == n:
+        return SAME_ROLE, n, "\n".join(contents)
+    return MIXED_ROLES, n, "\n".join([f"{'user' if r is _MISSING else r}: {c}" for r, c in zip(roles, contents)])
+
+
+_MISSING = object()

@@ -62,4 +62,10 @@ def suggest_column_map(columns: list[str], technique: str) -> dict[str, str]:
             pick = lowered[close[0]] if close else None
         if pick is not None:
             suggestion[pick] = target
+    # Nothing close for the rest: pair the leftover columns with the leftover targets, in order,
+    # when there are exactly as many of each (e.g. {"q", "a"} -> q:prompt, a:completion).
+    targets = [t for t in missing_columns(columns, technique) if t not in suggestion.values()]
+    leftover = [c for c in present if c not in suggestion]
+    if targets and len(leftover) == len(targets):
+        suggestion.update(zip(leftover, targets))
     return suggestion

@@ -49,6 +49,7 @@ class TuneRequest:
     reward_function: str | None = None
     reward_prompt: str | None = None
     accept_eula: bool = False
+    validation_split: float | None = None   # carve this share of the rows out as validation data
 
 
 @dataclass
@@ -58,6 +59,8 @@ class Prepared:
     staged: StageResult
     plan: Plan
     notes: list[str]
+    validation: StageResult | None = None
+    validation_split: float | None = None
 
 
 @dataclass
@@ -118,11 +121,7 @@ class JobService:
         overrides = check_hyperparameters(req.hyperparameters, training_type)
         staging = self.settings.home / "staging" / uuid.uuid4().hex
         try:
-            staged = stage_dataset(req.dataset, technique, staging / "train.jsonl", column_map=req.column_map,
-                                   no_transform=req.no_transform, take=req.take)
-            if req.validation_dataset:
-                stage_dataset(req.validation_dataset, technique, staging / "validation.jsonl",
-                              column_map=req.column_map, no_transform=req.no_transform)
+            staged, validation = self._stage(req, technique, staging, overrides)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -137,7 +136,41 @@ class JobService:
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        return Prepared(spec, model, staged, plan, notes + staged.notes + [f"⚠️  {w}" for w in staged.warnings])
+        return Prepared(spec, model, staged, plan, notes + staged.notes + [f"⚠️  {w}" for w in staged.warnings],
+                        validation, req.validation_split)
+
+    def _stage(self, req: TuneRequest, technique: str, staging: Path,
+               overrides: dict[str, Any]) -> tuple[StageResult, StageResult | None]:
+        """Stage the training data (and validation data: a second source, or a deterministic
+        --validation-split of the first) into `staging`; train.jsonl and validation.jsonl."""
+        if req.validation_dataset and req.validation_split:
+            raise ValidationError("Pass --validation-dataset or --validation-split, not both.",
+                                  param="validation_split")
+        if req.validation_split is not None and not 0.0 < req.validation_split < 1.0:
+            raise ValidationError(f"--validation-split must be between 0 and 1, got {req.validation_split}.",
+                                  hint="Example: --validation-split 0.1 keeps 10% of the rows for validation.",
+                                  param="validation_split")
+        lookup = self.store.get_dataset_version
+        kwargs = dict(column_map=req.column_map, no_transform=req.no_transform, lookup=lookup,
+                      reward_model=req.reward_function if technique == "rlvr" else
+                      req.reward_prompt if technique == "rlaif" else None)
+        staged = stage_dataset(req.dataset, technique, staging / "train.jsonl", take=req.take, **kwargs)
+        validation = None
+        if req.validation_dataset:
+            validation = stage_dataset(req.validation_dataset, technique, staging / "validation.jsonl", **kwargs)
+        elif req.validation_split:
+            from tuneloop.data.stage import split_staged
+
+            full = staging / "all.jsonl"
+            staged.path.rename(full)
+            train, validation = split_staged(full, 1.0 - req.validation_split, int(overrides.get("seed", 0)),
+                                             staging / "train.jsonl", staging / "validation.jsonl",
+                                             staged.columns, staged.format)
+            full.unlink()
+            staged.path, staged.rows, staged.sha256 = train.path, train.rows, train.sha256
+            staged.notes = staged.notes + [f"ℹ️  Validation split: {validation.rows} of {train.rows + validation.rows} "
+                                           f"rows held out (seed {int(overrides.get('seed', 0))})"]
+        return staged, validation
 
     def _plan(self, spec: JobSpec, model: ResolvedModel, staged: StageResult) -> Plan:
         folder = self._model_folder(model)
@@ -210,10 +243,11 @@ class JobService:
         (job_dir / "data").mkdir(parents=True, exist_ok=True)
         for f in staging.glob("*.jsonl"):
             shutil.move(str(f), job_dir / "data" / f.name)
-        (job_dir / "spec.json").write_text(spec.to_json() + "\n")
         (job_dir / "plan.json").write_text(json.dumps(prep.plan.to_dict(), indent=2) + "\n")
+        spec_dict = json.loads(spec.to_json()) | _dataset_record(prep)
+        (job_dir / "spec.json").write_text(json.dumps(spec_dict, indent=2, sort_keys=True) + "\n")
         row = dict(id=name, project=spec.project, technique=spec.technique, training_type=spec.training_type,
-                   model=spec.model, dataset=spec.dataset, spec=json.loads(spec.to_json()),
+                   model=spec.model, dataset=spec.dataset, spec=spec_dict,
                    plan=prep.plan.to_dict(), job_dir=str(job_dir), dataset_sha256=prep.staged.sha256,
                    dataset_rows=prep.staged.rows, total_steps=prep.plan.total_steps)
         if not self.store.insert_job(row):
@@ -225,8 +259,9 @@ class JobService:
             f"TUNE_JOB_NAME_{t}": name, "TUNE_TECHNIQUE": spec.technique, "TUNE_TRAINING_TYPE": spec.training_type,
             f"TUNE_DATASET_{t}": spec.dataset, f"TUNE_DATASET_SLUG_{t}": slug, "TUNE_LAST_JOB_NAME": name,
             "TUNE_MODEL_ID": spec.model})
+        version = f" {prep.staged.dataset_version}" if prep.staged.dataset_version else ""
         self.store.add_event(name, f"job created: {spec.technique} {spec.training_type} on {spec.model}, "
-                                   f"{prep.staged.rows} rows ({prep.staged.sha256[:12]})")
+                                   f"{prep.staged.rows} rows{version} ({prep.staged.sha256[:12]})")
         return self.store.get_job(name)
 
     def _supersede_active(self, project: str, technique: str) -> None:
@@ -297,6 +332,17 @@ class JobService:
         return self.get(job_id)
 
 
+def _dataset_record(prep: Prepared) -> dict[str, Any]:
+    """What the job trained on, exactly: kept in the job's spec (row and spec.json, then the manifest)."""
+    out: dict[str, Any] = {"dataset_version": prep.staged.dataset_version, "dataset_sha256": prep.staged.sha256,
+                           "dataset_rows": prep.staged.rows, "dataset_format": prep.staged.format,
+                           "validation_split": prep.validation_split}
+    if prep.validation is not None:
+        out.update(validation_sha256=prep.validation.sha256, validation_rows=prep.validation.rows,
+                   validation_dataset_version=prep.validation.dataset_version)
+    return {k: v for k, v in out.items() if v is not None}
+
+
 def token_stats(path: Path, technique: str, model_folder: Path | None) -> DataStats:
     """Token lengths of staged rows with the model's tokenizer (tokenizers only, no torch);
     about 4 characters a token when the tokenizer is not on this machine."""
@@ -309,6 +355,9 @@ def token_stats(path: Path, technique: str, model_folder: Path | None) -> DataSt
     with open(path, encoding="utf-8") as fh:
         for line in fh:
             row = json.loads(line)
+            if "messages" in row:  # a multi-turn conversation: all of it goes through the model
+                texts.append("\n".join(m["content"] for m in row["messages"]))
+                continue
             prompt = row["prompt"] if isinstance(row["prompt"], str) else " ".join(m["content"] for m in row["prompt"])
             if technique == "dpo":
                 texts.append(prompt + max(row["chosen"], row["rejected"], key=len))

@@ -12,7 +12,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from tuneloop.errors import ConfigError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 3
 metadata = MetaData()
 
 
@@ -99,8 +99,79 @@ model_packages = Table(
     UniqueConstraint("group_name", "version"),
 )
 
-# version N -> function upgrading a database at version N-1 (none yet: version 1 is the first)
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {}
+# ---- dataset assets (version 2) -------------------------------------------------------------------
+datasets = Table(
+    "datasets", metadata,
+    Column("name", String(128), primary_key=True),
+    Column("description", Text),
+    Column("created_at", DateTime, nullable=False),
+)
+
+dataset_versions = Table(
+    "dataset_versions", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(128), ForeignKey("datasets.name", ondelete="CASCADE"), nullable=False, index=True),
+    Column("version", Integer, nullable=False),
+    Column("technique", String(16), nullable=False),
+    Column("format", String(32), nullable=False),           # record format of the source (messages, ...)
+    Column("sha256", String(64), nullable=False),            # of the staged canonical JSONL
+    Column("rows", Integer, nullable=False),
+    Column("columns", JSON, nullable=False),
+    Column("source", Text, nullable=False),                  # as given (file, URL, hf://, name@vN)
+    Column("column_map", Text),
+    Column("path", Text, nullable=False),                    # staged file under TUNELOOP_HOME/datasets
+    Column("parent", String(160)),                           # name@vN this version was split from
+    Column("stats", JSON),                                   # counts, notes, warnings, lengths
+    Column("created_at", DateTime, nullable=False),
+    UniqueConstraint("name", "version"),
+    UniqueConstraint("name", "sha256"),
+)
+
+
+def _migrate_2(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[datasets, dataset_versions])
+
+
+# ---- deployments (version 3): what `tuneloop serve` serves, per project --------------------------
+deployments = Table(
+    "deployments", metadata,
+    Column("project", String(64), primary_key=True),
+    Column("base_model", Text, nullable=False),              # catalog / built-in id, or a model folder
+    Column("base_path", Text),                               # the folder (or Hub id) it loads from
+    Column("base_job_id", String(64)),                       # lineage when the base is a tune output
+    Column("base_group", String(128)),
+    Column("base_version", Integer),
+    Column("engine", String(16)),                            # transformers | vllm (of the running server)
+    Column("host", String(255)),                             # the running server: NULLs when none
+    Column("port", Integer),
+    Column("pid", Integer),
+    Column("server_host", String(255)),                      # machine the server runs on
+    Column("api_key_required", Boolean, nullable=False, default=False),
+    Column("started_at", DateTime),
+    Column("updated_at", DateTime, nullable=False),
+)
+
+deployed_models = Table(
+    "deployed_models", metadata,
+    Column("project", String(64), primary_key=True),
+    Column("name", String(128), primary_key=True),           # the `model` clients send
+    Column("kind", String(16), nullable=False),              # adapter | ic
+    Column("source", Text, nullable=False),                  # as given: --weights/--model-data or "--from-tune REF"
+    Column("path", Text, nullable=False),                    # local folder that loads
+    Column("base_model", Text),                              # the base an adapter was trained on
+    Column("job_id", String(64)),                            # lineage: tune job and registry version
+    Column("group_name", String(128)),
+    Column("version", Integer),
+    Column("created_at", DateTime, nullable=False),
+)
+
+
+def _migrate_3(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[deployments, deployed_models])
+
+
+# version N -> function upgrading a database at version N-1
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {2: _migrate_2, 3: _migrate_3}
 
 
 def make_engine(url: str) -> Engine:

@@ -14,6 +14,8 @@ from sqlalchemy.exc import IntegrityError
 
 from tuneloop.store import db
 from tuneloop.store.db import config_state, events, jobs, model_package_groups, model_packages, utcnow
+from tuneloop.store.db import dataset_versions, datasets
+from tuneloop.store.db import deployed_models, deployments
 
 ACTIVE_STATES = ("queued", "running")
 FINAL_STATES = ("completed", "failed", "cancelled")
@@ -137,6 +139,136 @@ class Store:
         with self.engine.connect() as conn:
             row = conn.execute(select(model_packages).where(model_packages.c.job_id == job_id)).mappings().first()
         return dict(row) if row else None
+
+    # ---- dataset assets (tuneloop datasets ..., DataSet) ----------------------------------------
+    def add_dataset_version(self, name: str, row: dict[str, Any], description: str | None = None
+                            ) -> tuple[dict[str, Any], bool]:
+        """Add the next version of dataset `name` (created when missing) unless a version with the
+        same sha256 exists; return (the version row, whether it was added)."""
+        for _ in range(5):  # two processes adding a version at once: the unique (name, version) decides
+            existing = self.dataset_version_by_sha(name, row["sha256"])
+            if existing is not None:
+                return existing, False
+            try:
+                with self.engine.begin() as conn:
+                    if conn.execute(select(datasets.c.name).where(datasets.c.name == name)).first() is None:
+                        conn.execute(insert(datasets).values(name=name, description=description,
+                                                             created_at=utcnow()))
+                    version = (conn.execute(select(func.max(dataset_versions.c.version))
+                                            .where(dataset_versions.c.name == name)).scalar() or 0) + 1
+                    conn.execute(insert(dataset_versions).values(name=name, version=version, created_at=utcnow(),
+                                                                 **row))
+                return self._dataset_version(name, version), True
+            except IntegrityError:
+                continue
+        raise RuntimeError(f"could not add a version of dataset {name}")
+
+    def dataset_version_by_sha(self, name: str, sha256: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(dataset_versions).where(and_(dataset_versions.c.name == name,
+                                                                   dataset_versions.c.sha256 == sha256))
+                               ).mappings().first()
+        return _with_ref(row)
+
+    def _dataset_version(self, name: str, version: int | None) -> dict[str, Any] | None:
+        q = select(dataset_versions).where(dataset_versions.c.name == name)
+        q = q.where(dataset_versions.c.version == version) if version else \
+            q.order_by(dataset_versions.c.version.desc()).limit(1)
+        with self.engine.connect() as conn:
+            return _with_ref(conn.execute(q).mappings().first())
+
+    def set_dataset_path(self, version_id: int, path: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(update(dataset_versions).where(dataset_versions.c.id == version_id).values(path=path))
+
+    def get_dataset_version(self, ref: str) -> dict[str, Any] | None:
+        """`name` (its latest version) or `name@vN`; None when there is no such version."""
+        name, _, version = ref.partition("@v")
+        if version and not version.isdigit():
+            return None
+        return self._dataset_version(name, int(version) if version else None)
+
+    def list_dataset_versions(self, name: str | None = None) -> list[dict[str, Any]]:
+        q = select(dataset_versions).order_by(dataset_versions.c.name, dataset_versions.c.version)
+        if name:
+            q = q.where(dataset_versions.c.name == name)
+        with self.engine.connect() as conn:
+            return [_with_ref(r) for r in conn.execute(q).mappings()]
+
+    def get_dataset(self, name: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(datasets).where(datasets.c.name == name)).mappings().first()
+        return dict(row) if row else None
+
+    def delete_dataset_versions(self, name: str, version: int | None = None) -> list[dict[str, Any]]:
+        """Delete one version, or the dataset with all its versions; return the deleted version rows."""
+        gone = [r for r in self.list_dataset_versions(name) if version is None or r["version"] == version]
+        with self.engine.begin() as conn:
+            q = delete(dataset_versions).where(dataset_versions.c.name == name)
+            if version is not None:
+                q = q.where(dataset_versions.c.version == version)
+            conn.execute(q)
+            left = conn.execute(select(func.count()).select_from(dataset_versions)
+                                .where(dataset_versions.c.name == name)).scalar()
+            if not left:
+                conn.execute(delete(datasets).where(datasets.c.name == name))
+        return gone
+
+    # ---- deployments (tuneloop serve, adapter, add-ic, deploy) ----------------------------------
+    def get_deployment(self, project: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(deployments).where(deployments.c.project == project)).mappings().first()
+        return dict(row) if row else None
+
+    def upsert_deployment(self, project: str, **values: Any) -> None:
+        """Create the project's deployment row (base_model required then) or update fields of it."""
+        values["updated_at"] = utcnow()
+        with self.engine.begin() as conn:
+            res = conn.execute(update(deployments).where(deployments.c.project == project).values(**values))
+            if res.rowcount == 0:
+                conn.execute(insert(deployments).values(project=project, **values))
+
+    def clear_server(self, project: str, pid: int) -> None:
+        """Forget the running server, unless another one has replaced it since."""
+        with self.engine.begin() as conn:
+            conn.execute(update(deployments).where(and_(deployments.c.project == project, deployments.c.pid == pid))
+                         .values(host=None, port=None, pid=None, server_host=None, started_at=None,
+                                 updated_at=utcnow()))
+
+    def list_deployed(self, project: str, kind: str | None = None) -> list[dict[str, Any]]:
+        q = select(deployed_models).where(deployed_models.c.project == project).order_by(deployed_models.c.created_at,
+                                                                                           deployed_models.c.name)
+        if kind:
+            q = q.where(deployed_models.c.kind == kind)
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(q).mappings()]
+
+    def upsert_deployed(self, project: str, name: str, row: dict[str, Any]) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(delete(deployed_models).where(and_(deployed_models.c.project == project,
+                                                            deployed_models.c.name == name)))
+            conn.execute(insert(deployed_models).values(project=project, name=name, created_at=utcnow(), **row))
+
+    def delete_deployed(self, project: str, name: str) -> bool:
+        with self.engine.begin() as conn:
+            res = conn.execute(delete(deployed_models).where(and_(deployed_models.c.project == project,
+                                                                  deployed_models.c.name == name)))
+            return res.rowcount > 0
+
+    def package_by_output_path(self, path: str) -> dict[str, Any] | None:
+        """The registered version whose output is `path` (lineage of a deployed folder)."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(model_packages).where(model_packages.c.output_path == path)
+                               .order_by(model_packages.c.id.desc())).mappings().first()
+        return dict(row) if row else None
+
+
+def _with_ref(row: Any) -> dict[str, Any] | None:
+    if row is None:
+        return None
+    out = dict(row)
+    out["ref"] = f"{out['name']}@v{out['version']}"
+    return out
 
 
 _STORES: dict[str, Store] = {}

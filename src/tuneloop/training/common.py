@@ -80,6 +80,7 @@ def training_kwargs(plan: Plan, output_dir: Path) -> dict[str, Any]:
         report_to=[],
         disable_tqdm=True,
         save_only_model=False,
+        train_sampling_strategy="group_by_length" if plan.group_by_length else "random",
     )
 
 

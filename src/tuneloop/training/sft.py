@@ -2,7 +2,9 @@
 
 Chat models train through their chat template: a staged {prompt, completion} row becomes a user
 turn and an assistant turn, and TRL's completion mask puts the loss on the assistant turn only,
-so the tuned model answers the same way behind a chat endpoint.
+so the tuned model answers the same way behind a chat endpoint. A staged {messages} file (multi-turn
+conversations, system prompts kept) trains as conversations with the loss on every assistant turn
+and nothing else (TRL's assistant_only_loss, through the template's {% generation %} markers).
 """
 
 from __future__ import annotations
@@ -26,12 +28,17 @@ def build_trainer(*, model_dir: str, data_path: Path, work_dir: Path, plan: Plan
     common.set_threads(plan)
     tokenizer = common.load_tokenizer(model_dir)
     dataset = common.load_staged(data_path, work_dir / "cache")
-    if common.has_chat_template(tokenizer):
+    conversations = "messages" in dataset.column_names  # staging makes a file all messages or all prompt/completion
+    if conversations and not common.has_chat_template(tokenizer):
+        raise ValueError(f"{model_dir} has no chat template, so multi-turn 'messages' data cannot be rendered; "
+                         "use a chat model or prompt/completion rows")
+    if common.has_chat_template(tokenizer) and not conversations:
         dataset = dataset.map(to_conversational, remove_columns=dataset.column_names)
     config = SFTConfig(
         **common.training_kwargs(plan, work_dir / "checkpoints"),
         max_length=plan.max_length,
-        completion_only_loss=True,
+        completion_only_loss=None if conversations else True,
+        assistant_only_loss=conversations,
         packing=False,
         dataset_num_proc=None,
     )

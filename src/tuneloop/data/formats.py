@@ -1,0 +1,240 @@
+"""Record formats: recognise the shape people's rows come in and turn each row into the
+technique's canonical row. Pure functions on dicts; no I/O (`stage.py` reads and writes).
+
+| technique | record formats accepted | canonical row |
+|---|---|---|
+| sft | prompt/completion, input/output (SageMaker), OpenAI `messages` | {prompt, completion} or {messages} |
+| dpo | prompt/chosen/rejected (strings or chat format), OpenAI preference | {prompt, chosen, rejected} |
+| rlvr, rlaif | prompt message array + reward_model + extra columns, OpenAI reinforcement `messages` + extra keys | {prompt, reward_model, ...extra} |
+
+The format is decided on the first record (after --column-map); every later row must have the
+same shape, so a staged file is uniform. Chat-format values in string columns are flattened with
+the seed's four strategies and each converted column is reported once.
+
+    conv = make_converter("dpo", detect_format(first_row, "dpo"))
+    canonical = conv(row)        # raises RecordProblem (one row is bad) or ChatFormatHalt (--no-transform)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from tuneloop.data.schema import SCHEMAS
+from tuneloop.data.transforms import describe_shape, detect_chat_shape, flatten_shape
+from tuneloop.data.validate import RecordProblem, _type_name
+
+PROMPT_COMPLETION = "prompt_completion"
+INPUT_OUTPUT = "input_output"
+MESSAGES = "messages"
+PREFERENCE = "preference"
+OPENAI_PREFERENCE = "openai_preference"
+RL_PROMPT = "prompt_reward"
+OPENAI_RFT = "openai_reinforcement"
+
+# format -> the source columns it needs (after --column-map)
+FORMAT_COLUMNS: dict[str, tuple[str, ...]] = {
+    PROMPT_COMPLETION: ("prompt", "completion"),
+    INPUT_OUTPUT: ("input", "output"),
+    MESSAGES: ("messages",),
+    PREFERENCE: ("prompt", "chosen", "rejected"),
+    OPENAI_PREFERENCE: ("input", "preferred_output", "non_preferred_output"),
+    RL_PROMPT: ("prompt", "reward_model"),
+    OPENAI_RFT: ("messages", "reward_model"),
+}
+
+FORMAT_NAMES = {
+    PROMPT_COMPLETION: "prompt/completion",
+    INPUT_OUTPUT: "input/output",
+    MESSAGES: "OpenAI chat messages",
+    PREFERENCE: "prompt/chosen/rejected",
+    OPENAI_PREFERENCE: "OpenAI preference (input/preferred_output/non_preferred_output)",
+    RL_PROMPT: "prompt messages + reward_model",
+    OPENAI_RFT: "OpenAI reinforcement (messages + grader columns)",
+}
+
+ACCEPTED = {
+    "sft": (PROMPT_COMPLETION, INPUT_OUTPUT, MESSAGES),
+    "dpo": (PREFERENCE, OPENAI_PREFERENCE),
+    "rlvr": (RL_PROMPT, OPENAI_RFT),
+    "rlaif": (RL_PROMPT, OPENAI_RFT),
+}
+
+
+class ChatFormatHalt(Exception):
+    """A string column holds chat-format data and --no-transform is active."""
+
+    def __init__(self, column: str, strategy: str):
+        super().__init__(column, strategy)
+        self.column, self.strategy = column, strategy
+
+
+def detect_format(record: dict[str, Any], technique: str, *, reward_model: str | None = None) -> str | None:
+    """The record format of a first row, or None when none of the technique's formats fits."""
+    keys = record.keys()
+    if technique == "sft":
+        if "prompt" in keys or "completion" in keys:
+            return PROMPT_COMPLETION
+        if "input" in keys and "output" in keys:
+            return INPUT_OUTPUT
+        if "messages" in keys:
+            return MESSAGES
+        return None
+    if technique == "dpo":
+        if "prompt" in keys or "chosen" in keys or "rejected" in keys:
+            return PREFERENCE
+        if "preferred_output" in keys or "non_preferred_output" in keys:
+            return OPENAI_PREFERENCE
+        return None
+    if "prompt" in keys:
+        return RL_PROMPT
+    if "messages" in keys:
+        return OPENAI_RFT
+    return None
+
+
+def missing_for_format(record: dict[str, Any], fmt: str, *, reward_model: str | None = None) -> list[str]:
+    need = FORMAT_COLUMNS[fmt]
+    return [c for c in need if c not in record and not (c == "reward_model" and reward_model)]
+
+
+def canonical_columns(technique: str, fmt: str) -> list[str]:
+    return ["messages"] if fmt == MESSAGES else list(SCHEMAS[technique])
+
+
+def format_note(fmt: str) -> str | None:
+    """What is reported once when the whole file is converted from another record format."""
+    return {
+        INPUT_OUTPUT: "ℹ️  Mapped SageMaker input/output columns to prompt/completion",
+        MESSAGES: "ℹ️  Detected OpenAI chat format ('messages'): staged as conversations (system prompts kept); "
+                  "training puts the loss on assistant turns only",
+        OPENAI_PREFERENCE: "ℹ️  Converted OpenAI preference format (input.messages, preferred_output, "
+                           "non_preferred_output) to prompt/chosen/rejected",
+        OPENAI_RFT: "ℹ️  Converted OpenAI reinforcement format: 'messages' became the prompt; the other columns "
+                    "are kept for the reward function",
+    }.get(fmt)
+
+
+def _content(value: Any, where: str) -> str:
+    if type(value) is str:
+        return value
+    if isinstance(value, list) and all(isinstance(p, dict) and p.get("type") == "text" for p in value):
+        return "".join(str(p.get("text", "")) for p in value)  # OpenAI content parts
+    raise RecordProblem(f"{where}: content must be a string, got {_type_name(value)}")
+
+
+def check_messages(value: Any, column: str) -> list[dict[str, str]]:
+    """A non-empty array of {"role", "content"} messages, normalised to exactly those two keys."""
+    if type(value) is not list or not value:
+        raise RecordProblem(f"column '{column}' must be a non-empty array of {{\"role\", \"content\"}} messages, "
+                            f"got {'an empty array' if value == [] else _type_name(value)}", column)
+    out = []
+    for i, m in enumerate(value, start=1):
+        if type(m) is not dict:
+            raise RecordProblem(f"column '{column}' message {i}: expected an object with role and content, "
+                                f"got {_type_name(m)}", column)
+        role = m.get("role")
+        if type(role) is not str or not role:
+            raise RecordProblem(f"column '{column}' message {i}: 'role' must be a non-empty string "
+                                f"(system, user or assistant), got {_type_name(role)}", column)
+        out.append({"role": role, "content": _content(m.get("content"), f"column '{column}' message {i} ({role})")})
+    return out
+
+
+def make_converter(technique: str, fmt: str, *, no_transform: bool = False, reward_model: str | None = None,
+                   notes: dict[str, str] | None = None) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """A function from a source row of format `fmt` to the canonical row. Flattened columns are
+    recorded once in `notes` ({column: seed-worded message})."""
+    notes = {} if notes is None else notes
+
+    def text(value: Any, col: str) -> str:
+        """A non-string value of a string column: flatten chat format, else a problem."""
+        try:
+            shape = flatten_shape(value)
+        except ValueError as e:
+            if no_transform:
+                raise ChatFormatHalt(col, detect_chat_shape(value)[0]) from None
+            raise RecordProblem(f"column '{col}': {e}", col) from None
+        if shape is None:
+            raise RecordProblem(f"column '{col}' must be a string, got {_type_name(value)}", col)
+        if no_transform:
+            raise ChatFormatHalt(col, shape[0])
+        if col not in notes:
+            notes[col] = (f"ℹ️  Auto-converted column '{col}' from chat-format to string\n"
+                          f"   Format: {describe_shape(shape[0], shape[1])}")
+        return shape[2]
+
+    def string(record: dict[str, Any], col: str, src: str | None = None) -> str:
+        value = record[src or col]
+        return value if type(value) is str else text(value, col)
+
+    def missing(record: dict[str, Any], e: KeyError) -> RecordProblem:
+        col = e.args[0]
+        other = detect_format(record, technique)
+        if other is not None and other != fmt:
+            return RecordProblem(
+                f"row is in the {FORMAT_NAMES[other]} format but the first row is {FORMAT_NAMES[fmt]}; "
+                "a staged file uses one format for every row", col)
+        return RecordProblem(f"missing column '{col}'", col)
+
+    if fmt in (PROMPT_COMPLETION, INPUT_OUTPUT):
+        p_src, c_src = ("input", "output") if fmt == INPUT_OUTPUT else ("prompt", "completion")
+
+        def convert(record: dict[str, Any]) -> dict[str, Any]:
+            try:
+                p, c = record[p_src], record[c_src]
+            except KeyError as e:
+                raise missing(record, e) from None
+            return {"prompt": p if type(p) is str else text(p, "prompt"),
+                    "completion": c if type(c) is str else text(c, "completion")}
+
+    elif fmt == MESSAGES:
+        def convert(record: dict[str, Any]) -> dict[str, Any]:
+            try:
+                messages = check_messages(record["messages"], "messages")
+            except KeyError as e:
+                raise missing(record, e) from None
+            if not any(m["role"] == "assistant" for m in messages):
+                raise RecordProblem("column 'messages' has no assistant message: nothing to learn from", "messages")
+            return {"messages": messages}
+
+    elif fmt == PREFERENCE:
+        def convert(record: dict[str, Any]) -> dict[str, Any]:
+            try:
+                p, c, r = record["prompt"], record["chosen"], record["rejected"]
+            except KeyError as e:
+                raise missing(record, e) from None
+            return {"prompt": p if type(p) is str else text(p, "prompt"),
+                    "chosen": c if type(c) is str else text(c, "chosen"),
+                    "rejected": r if type(r) is str else text(r, "rejected")}
+
+    elif fmt == OPENAI_PREFERENCE:
+        def convert(record: dict[str, Any]) -> dict[str, Any]:
+            try:
+                source = record["input"]
+                if type(source) is dict and "messages" in source:
+                    source = source["messages"]
+                return {"prompt": string({"prompt": source}, "prompt"),
+                        "chosen": string(record, "chosen", "preferred_output"),
+                        "rejected": string(record, "rejected", "non_preferred_output")}
+            except KeyError as e:
+                raise missing(record, e) from None
+
+    else:  # RL_PROMPT, OPENAI_RFT
+        prompt_src = "messages" if fmt == OPENAI_RFT else "prompt"
+
+        def convert(record: dict[str, Any]) -> dict[str, Any]:
+            try:
+                prompt = check_messages(record[prompt_src], "prompt" if fmt == RL_PROMPT else "messages")
+            except KeyError as e:
+                raise missing(record, e) from None
+            reward = record.get("reward_model", reward_model)
+            if reward is None:
+                raise RecordProblem("missing column 'reward_model'", "reward_model")
+            if type(reward) is not str:
+                raise RecordProblem(f"column 'reward_model' must be a string, got {_type_name(reward)}",
+                                    "reward_model")
+            out = {"prompt": prompt, "reward_model": reward}
+            out.update((k, v) for k, v in record.items() if k not in out and k != prompt_src)
+            return out
+
+    return convert

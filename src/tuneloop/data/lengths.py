@@ -1,0 +1,145 @@
+"""Lengths of staged rows: characters per column, and tokens with a model's tokenizer.
+
+Token lengths use the `tokenizers` library on the model folder's tokenizer.json (no torch, no
+transformers) and, when tokenizer_config.json has a chat template, render each row through it
+with jinja2 the way training does (prompt + completion as a user and an assistant turn, chat
+messages as they are, DPO's longer candidate), so "longer than --max-seq-length" means what the
+trainer will see.
+
+    stats = token_lengths(Path("staged.jsonl"), "sft", Path("~/.tuneloop/models/tuneloop--tiny-qwen3"), 512)
+    stats["over_max"], stats["p90"]
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from array import array
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import orjson
+
+BATCH = 1024
+
+
+def _conversations(row: dict[str, Any], technique: str) -> list[tuple[list[dict[str, str]], bool]]:
+    """(messages, add_generation_prompt) renderings whose longest is the row's training length."""
+    if "messages" in row:
+        return [(row["messages"], False)]
+    if technique in ("rlvr", "rlaif"):
+        return [(row["prompt"], True)]
+    user = {"role": "user", "content": row["prompt"]}
+    if technique == "dpo":
+        return [([user, {"role": "assistant", "content": row[k]}], False) for k in ("chosen", "rejected")]
+    return [([user, {"role": "assistant", "content": row["completion"]}], False)]
+
+
+def _renderer(folder: Path) -> Callable[[list[dict[str, str]], bool], str] | None:
+    config = folder / "tokenizer_config.json"
+    template = None
+    if config.is_file():
+        try:
+            template = json.loads(config.read_text()).get("chat_template")
+        except (OSError, ValueError):
+            template = None
+    if template is None and (folder / "chat_template.jinja").is_file():
+        template = (folder / "chat_template.jinja").read_text()
+    if isinstance(template, list):  # [{"name": "default", "template": ...}, ...]
+        template = next((t.get("template") for t in template if t.get("name") == "default"), None)
+    if not isinstance(template, str):
+        return None
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    source = re.sub(r"\{%-?\s*(end)?generation\s*-?%\}", "", template)  # transformers' assistant-mask tags
+
+    def raise_exception(msg: str) -> None:
+        raise ValueError(msg)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    env.filters["tojson"] = lambda x, **kw: json.dumps(x, ensure_ascii=False)
+    env.globals.update(raise_exception=raise_exception, strftime_now=lambda fmt: "")
+    try:
+        compiled = env.from_string(source)
+    except Exception:
+        return None
+
+    def render(messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
+        return compiled.render(messages=messages, add_generation_prompt=add_generation_prompt,
+                               bos_token="", eos_token="")
+    return render
+
+
+def _plain(messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
+    return "\n".join(f"{m['role']}\n{m['content']}" for m in messages)
+
+
+def _rows(path: Path) -> Iterator[dict[str, Any]]:
+    with open(path, "rb") as fh:
+        for line in fh:
+            yield orjson.loads(line)
+
+
+def token_lengths(path: Path, technique: str, model_folder: Path, max_length: int | None) -> dict[str, Any]:
+    """Distribution of token lengths of a staged file and how many rows exceed `max_length`."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(model_folder / "tokenizer.json"))
+    render = _renderer(model_folder)
+    templated = render is not None
+    lengths = array("I")
+    batch: list[str] = []
+    owners: list[int] = []
+    row_i = 0
+
+    def run() -> None:
+        best: dict[int, int] = {}
+        for owner, enc in zip(owners, tok.encode_batch(batch, add_special_tokens=False)):
+            best[owner] = max(best.get(owner, 0), len(enc.ids))
+        lengths.extend(best[k] for k in sorted(best))
+        batch.clear()
+        owners.clear()
+
+    for row in _rows(path):
+        for messages, gen in _conversations(row, technique):
+            try:
+                text = render(messages, gen) if render else _plain(messages, gen)
+            except Exception:
+                render, templated = None, False
+                text = _plain(messages, gen)
+            batch.append(text)
+            owners.append(row_i)
+        row_i += 1
+        if len(batch) >= BATCH:
+            run()
+    if batch:
+        run()
+    return summarize(lengths, max_length) | {"chat_template": templated, "tokenizer": str(model_folder)}
+
+
+def summarize(values: "array[int] | list[int]", max_length: int | None) -> dict[str, Any]:
+    import numpy as np
+
+    a = np.asarray(values, dtype=np.int64)
+    if a.size == 0:
+        return {"rows": 0}
+    out: dict[str, Any] = {"rows": int(a.size), "min": int(a.min()), "mean": round(float(a.mean()), 1),
+                           "p50": int(np.percentile(a, 50)), "p90": int(np.percentile(a, 90)),
+                           "p99": int(np.percentile(a, 99)), "max": int(a.max())}
+    if max_length:
+        out["max_length"] = int(max_length)
+        out["over_max"] = int(np.count_nonzero(a > max_length))
+    return out
+
+
+def column_lengths(path: Path, columns: list[str]) -> dict[str, dict[str, Any]]:
+    """Characters per canonical column (messages: all contents of a row together)."""
+    per: dict[str, array] = {c: array("I") for c in columns}
+    for row in _rows(path):
+        for c in columns:
+            v = row.get(c)
+            if isinstance(v, list):
+                per[c].append(sum(len(m.get("content", "")) for m in v if isinstance(m, dict)))
+            elif isinstance(v, str):
+                per[c].append(len(v))
+    return {c: summarize(a, None) for c, a in per.items() if len(a)}
