@@ -145,3 +145,15 @@ def test_sdk_trainer_returns_a_job_handle(home):
     assert Path(job.output_path, "adapter_config.json").is_file() and job.model_package_version == 1
     registry = json.loads(cli("registry", "list", "--json").stdout)
     assert registry[0]["group_name"] == "sdk-models"
+
+
+def test_ctrl_c_while_waiting_exits_130_and_the_job_runs_on(home):
+    proc = subprocess.Popen([sys.executable, "-m", "tuneloop", "tune", "--technique", "sft", "--dataset", SFT,
+                             "--max-steps", "120"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: (js := jobs(home)) and js[0]["step"] > 0)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "keeps running" in err and "tuneloop status" in err
+    [job] = wait_for(lambda: (js := jobs(home)) and js[0]["state"] == "completed" and js)
+    assert job["step"] == 120

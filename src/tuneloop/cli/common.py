@@ -20,6 +20,14 @@ def console():
     return Console() if sys.stdout.isatty() else Console(width=200)
 
 
+def store():
+    """The store alone, for read-only commands (status, config, registry): no service imports."""
+    from tuneloop.settings import load_settings
+    from tuneloop.store import open_store
+
+    return open_store(load_settings().database_url)
+
+
 def service():
     from tuneloop.service.jobs import JobService
     from tuneloop.settings import load_settings

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from tuneloop.cli.common import console, duration, handle_errors, print_json, public_job, service
+from tuneloop.cli.common import console, duration, handle_errors, print_json, public_job, service, store
 
 
 def _jobs_table(jobs: list[dict], title: str) -> Table:
@@ -28,9 +28,9 @@ def tune_status(project: Optional[str], as_json: bool) -> None:
     """The latest job of each technique in the project (the seed's `do/tune --status`)."""
     from tuneloop.settings import resolve_project
 
-    svc = service()
     project = resolve_project(project)
-    latest = [j for t in ("sft", "dpo", "rlvr", "rlaif") if (j := svc.store.latest_job(project, t))]
+    db = store()
+    latest = [j for t in ("sft", "dpo", "rlvr", "rlaif") if (j := db.latest_job(project, t))]
     if as_json:
         return print_json([public_job(j) for j in latest])
     if not latest:

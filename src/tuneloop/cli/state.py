@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from tuneloop.cli.common import console, handle_errors, print_json, service
+from tuneloop.cli.common import console, handle_errors, print_json, store
 
 registry_app = typer.Typer(help="Model package groups and their versions.", no_args_is_help=True)
 
@@ -18,7 +18,7 @@ def config(project: Optional[str] = typer.Option(None, "--project", envvar="TUNE
     """Show the project's tune state (the seed's do/config keys: TUNE_ADAPTER_PATH_SFT, ...)."""
     from tuneloop.settings import resolve_project
 
-    values = service().store.get_config(resolve_project(project))
+    values = store().get_config(resolve_project(project))
     if as_json:
         return print_json(values)
     for key, value in values.items():
@@ -33,7 +33,7 @@ def registry_list(group: Optional[str] = typer.Option(None, "--group", help="Onl
     """List registered model versions with their lineage."""
     from tuneloop.settings import resolve_project
 
-    packages = service().store.list_packages(group=group, project=resolve_project(project))
+    packages = store().list_packages(group=group, project=resolve_project(project))
     if as_json:
         return print_json(packages)
     table = Table(title="Registered models", title_justify="left")

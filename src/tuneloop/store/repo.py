@@ -29,7 +29,8 @@ class Store:
     def insert_job(self, row: dict[str, Any]) -> bool:
         """Insert a queued job; False when another active job of that project+technique exists."""
         row = {**row, "state": "queued", "active_key": f"{row['project']}:{row['technique']}",
-               "created_at": utcnow(), "attempts": 0, "step": 0, "total_steps": 0, "cancel_requested": False}
+               "created_at": utcnow(), "attempts": 0, "step": 0, "cancel_requested": False}
+        row.setdefault("total_steps", 0)
         try:
             with self.engine.begin() as conn:
                 conn.execute(insert(jobs).values(**row))
