@@ -87,8 +87,7 @@ class TrainingJob:
         """Block until the job ends; raises JobFailedError when it failed or was cancelled."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while self.refresh().status in ("queued", "running"):
-            if self._service.is_stale(self._row):
-                self._service.launch(self.name, expect_pid=self._row["pid"])
+            self._row = self._service.recover(self._row)
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"job {self.name} still {self.status} after {timeout} s")
             time.sleep(poll)

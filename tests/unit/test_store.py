@@ -64,3 +64,38 @@ def test_registry_versions_and_config_state(tmp_path):
     store.set_config("p", {"TUNE_TECHNIQUE": "sft"})
     store.set_config("p", {"TUNE_TECHNIQUE": "dpo"})
     assert store.get_config("p") == {"TUNE_TECHNIQUE": "dpo"}
+
+
+def test_a_runner_that_keeps_dying_fails_the_job_instead_of_looping(tmp_path, monkeypatch):
+    from tuneloop.service import jobs as jobs_mod
+    from tuneloop.service.jobs import JobService
+    from tuneloop.settings import Settings
+
+    store = _store(tmp_path)
+    (tmp_path / "job").mkdir()
+    store.insert_job({**_row("a"), "job_dir": str(tmp_path / "job")})
+    (tmp_path / "job" / "runner.log").write_text("ImportError: broken install\n")
+    svc = JobService(store, Settings(tmp_path, "sqlite://", tmp_path / "models"))
+    launched = []
+    monkeypatch.setattr(svc, "launch", lambda job_id, expect_pid=None: launched.append(job_id))
+    monkeypatch.setattr(svc, "is_stale", lambda job: job["state"] in ("queued", "running"))
+    monkeypatch.setattr(jobs_mod, "RESTART_GRACE_S", 0.0)
+    for _ in range(5):
+        job = svc.recover(store.get_job("a"))
+    assert len(launched) == jobs_mod.MAX_RESTARTS
+    assert job["state"] == "failed" and "ImportError: broken install" in job["error"]
+
+
+def test_a_restarted_runner_gets_time_to_start(tmp_path, monkeypatch):
+    from tuneloop.service.jobs import JobService
+    from tuneloop.settings import Settings
+
+    store = _store(tmp_path)
+    store.insert_job(_row("a"))
+    svc = JobService(store, Settings(tmp_path, "sqlite://", tmp_path / "models"))
+    launched = []
+    monkeypatch.setattr(svc, "launch", lambda job_id, expect_pid=None: launched.append(job_id))
+    monkeypatch.setattr(svc, "is_stale", lambda job: True)
+    for _ in range(5):
+        svc.recover(store.get_job("a"))
+    assert len(launched) == 1

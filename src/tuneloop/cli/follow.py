@@ -28,9 +28,7 @@ def follow(svc, job_id: str, *, quiet: bool = False) -> dict[str, Any]:
             last_step, last_print = -1, 0.0
             while job["state"] in ("queued", "running"):
                 if svc.is_stale(job):
-                    svc.store.add_event(job_id, "runner process is gone; restarting from the last checkpoint",
-                                        level="warn")
-                    svc.launch(job_id, expect_pid=job["pid"])
+                    job = svc.recover(job)
                     time.sleep(2.0)
                 loss = f"{job['loss']:.4f}" if job["loss"] is not None else "-"
                 progress.update(task, completed=job["step"], total=job["total_steps"] or None, state=job["state"],

@@ -30,6 +30,9 @@ from tuneloop.training.plan import DataStats, Hardware, Plan, detect_hardware, m
 
 STALE_AFTER_S = 60.0          # a running job whose heartbeat is older than this is dead
 QUEUED_GRACE_S = 30.0         # a queued job whose runner never claimed it within this is relaunched
+MAX_RESTARTS = 3
+RESTART_GRACE_S = 45.0        # after a restart, give the new runner this long to claim the job
+RESTART_EVENT = "runner process is gone; restarting from the last checkpoint"
 
 
 @dataclass
@@ -218,10 +221,8 @@ class JobService:
             notes.append(f"ℹ️  The tracked {job['technique']} job {job['id']} was run on {job['model']} with "
                          f"{job['dataset']}; pass --force to start a new job with this model and dataset.")
         if job["state"] in ACTIVE_STATES:
-            if not dry_run and self.is_stale(job):
-                self.store.add_event(job["id"], "runner process is gone; restarting from the last checkpoint",
-                                     level="warn")
-                self.launch(job["id"], expect_pid=job["pid"])
+            if not dry_run:
+                job = self.recover(job)
             return Outcome("following", job, prep.plan, prep.spec, notes)
         if job["state"] == "completed":
             return Outcome("completed", job, prep.plan, prep.spec, notes)
@@ -286,6 +287,27 @@ class JobService:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
                                     start_new_session=True, close_fds=True)
         return proc.pid
+
+    def recover(self, job: dict[str, Any]) -> dict[str, Any]:
+        """Restart the runner of a stale job (it resumes from its last checkpoint); after
+        MAX_RESTARTS restarts, fail the job with the end of its runner log instead of looping."""
+        if not self.is_stale(job):
+            return job
+        restart_events = [e for e in self.store.list_events(job["id"]) if e["message"] == RESTART_EVENT]
+        if restart_events and age_seconds(restart_events[-1]["created_at"]) < RESTART_GRACE_S:
+            return job  # a restarted runner is still starting (imports take seconds)
+        restarts = len(restart_events)
+        if restarts >= MAX_RESTARTS:
+            log = Path(job["job_dir"]) / "runner.log"
+            tail = log.read_text(errors="replace").strip().splitlines()[-5:] if log.exists() else []
+            self.store.update_job(job["id"], state="failed",
+                                  error=f"the runner process died {restarts + 1} times; last lines of {log}: "
+                                        + " | ".join(tail))
+            self.store.add_event(job["id"], "job failed: its runner keeps dying", level="error")
+        else:
+            self.store.add_event(job["id"], RESTART_EVENT, level="warn")
+            self.launch(job["id"], expect_pid=job["pid"])
+        return self.get(job["id"])
 
     def is_stale(self, job: dict[str, Any]) -> bool:
         """True when the job is active but no runner is alive to advance it."""
