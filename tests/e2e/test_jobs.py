@@ -31,7 +31,7 @@ def events(job_id: str) -> str:
     return cli("logs", job_id).stdout
 
 
-def wait_for(predicate, timeout=240.0, every=0.3):
+def wait_for(predicate, timeout=600.0, every=0.3):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
