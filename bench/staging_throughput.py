@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import random
 import shutil
 import statistics
@@ -70,24 +71,31 @@ def flat(value):
     return "\n".join(f"{m['role']}: {m['content']}" for m in value)
 
 
-def run_baseline(src: Path, out: Path, cache: Path) -> float:
+def cpu_seconds() -> float:
+    """CPU time of this process and its reaped children (staging workers), user + system."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def run_baseline(src: Path, out: Path, cache: Path) -> tuple[float, float]:
     from datasets import disable_progress_bars, load_dataset
 
     disable_progress_bars()
-    t = time.perf_counter()
+    t, c = time.perf_counter(), cpu_seconds()
     ds = load_dataset("json", data_files=str(src), split="train", cache_dir=str(cache))
     ds = ds.map(lambda r: {"prompt": flat(r["prompt"]), "chosen": flat(r["chosen"]), "rejected": flat(r["rejected"])},
                 remove_columns=ds.column_names)
     ds.to_json(str(out), lines=True, force_ascii=False)
-    return time.perf_counter() - t
+    return time.perf_counter() - t, cpu_seconds() - c
 
 
-def run_tuneloop(src: Path, out: Path) -> tuple[float, int]:
+def run_tuneloop(src: Path, out: Path) -> tuple[float, float, int]:
     from tuneloop.data.stage import stage_dataset
 
-    t = time.perf_counter()
+    t, c = time.perf_counter(), cpu_seconds()
     res = stage_dataset(str(src), "dpo", out, lookup=None)
-    return time.perf_counter() - t, res.rows
+    return time.perf_counter() - t, cpu_seconds() - c, res.rows
 
 
 def throughput(args) -> list[str]:
@@ -97,26 +105,32 @@ def throughput(args) -> list[str]:
         n = generate(src, rows=args.rows)
         size_mb = src.stat().st_size / 1e6
         print(f"generated {n} rows, {size_mb:.0f} MB", flush=True)
-        ours, base = [], []
+        ours, base, ours_cpu, base_cpu = [], [], [], []
         for i in range(args.repeats):
-            dt, rows = run_tuneloop(src, work / "ours.jsonl")
+            dt, cpu, rows = run_tuneloop(src, work / "ours.jsonl")
             assert rows == n
             ours.append(n / dt)
-            print(f"run {i + 1}: tuneloop {n / dt:,.0f} rows/s ({dt:.1f} s)", flush=True)
+            ours_cpu.append(n / cpu)
+            print(f"run {i + 1}: tuneloop {n / dt:,.0f} rows/s ({dt:.1f} s wall, {cpu:.1f} s CPU)", flush=True)
             if not args.skip_baseline:
                 cache = work / f"hf-cache-{i}"
-                dt = run_baseline(src, work / "base.jsonl", cache)
+                dt, cpu = run_baseline(src, work / "base.jsonl", cache)
                 shutil.rmtree(cache, ignore_errors=True)
                 base.append(n / dt)
-                print(f"run {i + 1}: datasets {n / dt:,.0f} rows/s ({dt:.1f} s)", flush=True)
+                base_cpu.append(n / cpu)
+                print(f"run {i + 1}: datasets {n / dt:,.0f} rows/s ({dt:.1f} s wall, {cpu:.1f} s CPU)", flush=True)
         from tuneloop.data.stage import stage_workers
 
-        lines = [f"- tuneloop staging: median {statistics.median(ours):,.0f} rows/s "
-                 f"(runs: {', '.join(f'{x:,.0f}' for x in ours)}; {stage_workers()} worker process(es))"]
+        med = statistics.median
+        load = os.getloadavg()[0]
+        lines = [f"- tuneloop staging: median {med(ours):,.0f} rows/s wall (runs: {', '.join(f'{x:,.0f}' for x in ours)}; "
+                 f"{stage_workers()} worker process(es)), {med(ours_cpu):,.0f} rows per CPU-second"]
         if base:
-            lines.append(f"- datasets load_dataset(json) + map + to_json: median {statistics.median(base):,.0f} rows/s "
-                         f"(runs: {', '.join(f'{x:,.0f}' for x in base)})")
-            lines.append(f"- ratio (medians, same run): {statistics.median(ours) / statistics.median(base):.2f}x")
+            lines.append(f"- datasets load_dataset(json) + map + to_json: median {med(base):,.0f} rows/s wall "
+                         f"(runs: {', '.join(f'{x:,.0f}' for x in base)}), {med(base_cpu):,.0f} rows per CPU-second")
+            lines.append(f"- ratio (medians, same run): {med(ours) / med(base):.2f}x wall, "
+                         f"{med(ours_cpu) / med(base_cpu):.2f}x per CPU-second")
+        lines.append(f"- machine load average at the end: {load:.1f} on {os.cpu_count()} cores (shared with other work)")
         return [f"Throughput, {n:,} chat-format DPO rows ({size_mb:.0f} MB JSONL), {args.repeats} run(s):"] + lines
     finally:
         shutil.rmtree(work, ignore_errors=True)

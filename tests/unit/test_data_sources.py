@@ -126,3 +126,11 @@ def test_registered_dataset_lookup(tmp_path):
     with pytest.raises(DatasetError, match="was staged for sft, not dpo"):
         stage_dataset("my-data", "dpo", tmp_path / "o.jsonl", lookup=rows.get)
     assert resolve(str(staged)).version is None
+
+
+def test_hf_sources_say_when_the_hub_is_switched_off(tmp_path):
+    # tests run with HF_HUB_OFFLINE=1 (conftest): an hf:// source must say so, not hang or crash
+    with pytest.raises(DatasetError, match="HF_HUB_OFFLINE is set"):
+        stage("hf://org/name/train", "sft", tmp_path)
+    with pytest.raises(DatasetError, match="does not name a dataset repository"):
+        stage("hf://justaname", "sft", tmp_path)

@@ -189,15 +189,17 @@ class _Pipeline:
         self.text_cols = () if fmt == formats.MESSAGES else tuple(
             c for c, kind in SCHEMAS[self.technique].items() if kind == "string" and c != "reward_model")
 
-    def consume(self, records: Iterator, label: str, file_fmt: str, write: Callable[[bytes], None],
+    def consume(self, records: Iterator, label: str, file_fmt: str, write: Callable[[list[bytes]], None],
                 on_first: Callable[[dict, int, list[str]], None]) -> None:
-        """Run every record of one file through the pipeline; `write` gets each staged line.
-        (Hot loop: counters are locals, written back at the end.)"""
+        """Run every record of one file through the pipeline; `write` gets the staged lines in
+        batches (without their newlines). Hot loop: counters are locals, written back at the end."""
         mapping, text_cols, convert = self.mapping, self.text_cols, self.convert
         dumps, encode_error, h64 = orjson.dumps, orjson.JSONEncodeError, _h64
         hashes_append = self.hashes.append
         take = self.take
         rows, rows_read, empty_fields, empty_rows = self.rows, self.rows_read, self.empty_fields, self.empty_rows
+        pending: list[bytes] = []
+        append = pending.append
         try:
             for loc, record, error in records:
                 if error is not None:
@@ -238,8 +240,11 @@ class _Pipeline:
                     empty_fields += empty
                     empty_rows += 1
                 hashes_append(h64(line))
-                write(line)
+                append(line)
                 rows += 1
+                if len(pending) >= _FLUSH_ROWS:
+                    write(pending)
+                    pending.clear()
                 if take is not None and rows >= take:
                     self.done = True
                     break
@@ -247,6 +252,8 @@ class _Pipeline:
             self.problem(label, "", 0, f"cannot read the file ({type(e).__name__}: {e}); the rest of it was not read")
         finally:
             self.rows, self.rows_read, self.empty_fields, self.empty_rows = rows, rows_read, empty_fields, empty_rows
+        if pending:
+            write(pending)
 
 
 def _stage(resolved: sources.ResolvedSource, technique: str, tmp: Path, *, mapping: dict[str, str],
@@ -254,25 +261,17 @@ def _stage(resolved: sources.ResolvedSource, technique: str, tmp: Path, *, mappi
            column_map: str | None, max_line_bytes: int | None, workers: int | None = None) -> StageResult:
     pipe = _Pipeline(technique, mapping, no_transform, reward_model, take)
     digest = hashlib.sha256()
-    buf: list[bytes] = []
     all_jsonl = True
     workers = stage_workers() if workers is None else workers
 
     with open(tmp, "wb") as out:
-        def flush() -> None:
-            if buf:
-                blob = b"".join(buf)
-                try:
-                    out.write(blob)
-                except OSError as e:
-                    raise DatasetError(f"Cannot write the staged data to {tmp}: {e}") from None
-                digest.update(blob)
-                buf.clear()
-
-        def write(line: bytes) -> None:
-            buf.append(line + b"\n")
-            if len(buf) >= _FLUSH_ROWS:
-                flush()
+        def write(lines: list[bytes]) -> None:
+            blob = b"\n".join(lines) + b"\n"
+            try:
+                out.write(blob)
+            except OSError as e:
+                raise DatasetError(f"Cannot write the staged data to {tmp}: {e}") from None
+            digest.update(blob)
 
         for f in resolved.files:
             if pipe.done:
@@ -285,7 +284,6 @@ def _stage(resolved: sources.ResolvedSource, technique: str, tmp: Path, *, mappi
 
             try:
                 if workers > 1 and take is None and _parallel_ok(f, max_line_bytes):
-                    flush()
                     _stage_parallel(pipe, f, out, digest, workers, max_line_bytes, on_first)
                     continue
                 with open_records(f, max_line_bytes) as (file_fmt, records):
@@ -294,7 +292,6 @@ def _stage(resolved: sources.ResolvedSource, technique: str, tmp: Path, *, mappi
                     pipe.consume(records, f.label, file_fmt, write, first)
             except formats.ChatFormatHalt as e:
                 raise _no_transform_error(e, technique, resolved.source, command, column_map) from None
-        flush()
 
     fmt_name = pipe.fmt
     if pipe.n_problems:
@@ -401,24 +398,19 @@ def _worker(args: tuple) -> dict[str, Any]:
     pipe = _Pipeline(technique, mapping, no_transform, reward_model)
     pipe.use_format(fmt)
     stats: dict[str, int] = {}
-    buf: list[bytes] = []
     halt = None
     with open(path, "rb") as fh, open(part, "wb") as out:
         fh.seek(start)
         records = readers.read_jsonl(_Range(fh, end - start), max_line_bytes=max_line_bytes, stats=stats,
                                      strip_bom=start == 0)
 
-        def write(line: bytes) -> None:
-            buf.append(line + b"\n")
-            if len(buf) >= _FLUSH_ROWS:
-                out.write(b"".join(buf))
-                buf.clear()
+        def write(lines: list[bytes]) -> None:
+            out.write(b"\n".join(lines) + b"\n")
 
         try:
             pipe.consume(records, "", "jsonl", write, lambda *a: None)
         except formats.ChatFormatHalt as e:
             halt = (e.column, e.strategy)
-        out.write(b"".join(buf))
     return {"rows": pipe.rows, "rows_read": pipe.rows_read, "empty_fields": pipe.empty_fields,
             "empty_rows": pipe.empty_rows, "hashes": pipe.hashes.tobytes(), "notes": pipe.notes,
             "shown": [(loc, msg) for _, _, loc, msg in pipe.shown], "n_problems": pipe.n_problems,
@@ -443,7 +435,7 @@ def _stage_parallel(pipe: _Pipeline, f: sources.DataFile, out: Any, digest: Any,
                     break
         if pipe.convert is None:  # no valid record at all: the sequential path reports every line
             with open_records(f, max_line_bytes) as (file_fmt, records):
-                pipe.consume(records, f.label, file_fmt, lambda line: None, lambda *a: None)
+                pipe.consume(records, f.label, file_fmt, lambda lines: None, lambda *a: None)
             return
     cuts = _boundaries(f.path, workers)
     parts = [Path(str(out.name) + f".part{i}") for i in range(len(cuts) - 1)]
