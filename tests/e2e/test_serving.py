@@ -204,8 +204,13 @@ def test_base_and_two_adapters_answer_differently_in_one_batch(server):
 
 def test_text_completions_and_sampling_parameters(server):
     client = server.client()
-    r = client.completions.create(model="capitals", prompt="The capital of", max_tokens=5, temperature=0)
-    assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 5
+    r = client.completions.create(model=BASE, prompt="The capital of", max_tokens=5, temperature=0)
+    assert r.object == "text_completion" and r.usage.completion_tokens <= 5
+    assert (r.choices[0].finish_reason == "length") == (r.usage.completion_tokens == 5)
+    r = client.chat.completions.create(model="capitals", temperature=0, max_tokens=1,
+                                       messages=[{"role": "user", "content": CAPITALS[4]["prompt"]}])
+    assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 1
+    assert "Ottawa.".startswith(r.choices[0].message.content)
     kw = dict(model="capitals", prompt="Tell me", max_tokens=8, temperature=1.0, top_p=0.95, seed=11, n=2)
     first, again = client.completions.create(**kw), client.completions.create(**kw)
     assert [c.text for c in first.choices] == [c.text for c in again.choices] and len(first.choices) == 2

@@ -86,8 +86,16 @@ def ask(engine, model, prompt, **params):
     return out, done
 
 
-def test_stacked_lora_equals_peft_mixed_batch(folders):
+@pytest.mark.parametrize("path", ["masked", "gather", "groups"])
+def test_stacked_lora_equals_peft_mixed_batch(folders, path, monkeypatch):
     from peft import PeftModel
+
+    from tuneloop.serving import lora
+
+    if path != "masked":
+        monkeypatch.setattr(lora, "MASKED_MAX_COLUMNS", 0)
+    if path == "groups":
+        monkeypatch.setattr(lora, "GATHER_LIMIT_BYTES", 0)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from tuneloop.serving.lora import LoraSet
@@ -106,6 +114,7 @@ def test_stacked_lora_equals_peft_mixed_batch(folders):
     with torch.inference_mode():
         expected = peft.eval()(**enc, adapter_names=names).logits
         loras.select([0 if n == "__base__" else loras.slot(n) for n in names])
+        assert {w.selection[0] for w in loras.wrappers.values() if w.selection} == {path}
         got = ours.eval()(**enc).logits
         assert torch.allclose(got, expected, atol=1e-5)
         loras.select([loras.slot("b")] * 6)  # one adapter for the whole batch

@@ -1,7 +1,8 @@
 """tuneloop demo (run by `make demo`): the whole loop on the built-in default model.
 
 Shows the base model's answers, runs SFT (LoRA) on a bundled set, shows the tuned answers, runs
-DPO on a bundled preference set, and prints a summary: loss, exact match before/after, preference
+DPO on a bundled preference set, serves the SFT adapter with `tuneloop serve` and asks it through
+the official openai client, and prints a summary: loss, exact match before/after, preference
 accuracy before/after. Jobs go through the same service and runner processes as `tuneloop tune`,
 in project `demo` of your TUNELOOP_HOME.
 """
@@ -93,6 +94,9 @@ def _demo(console: Console, svc) -> int:
     dpo_model, tok = load_for_eval(base_dir, dpo_job["output_path"])
     pref_after, _ = preference_accuracy(dpo_model, tok, dpo_rows)
 
+    console.rule("[bold]4. Serve the SFT adapter (OpenAI-compatible) and ask it through the openai client")
+    served_before, served_after = _serve_stage(console, svc, prompts[:6], refs[:6])
+
     console.rule("[bold]Summary")
     summary = Table(show_header=True)
     for col in ("stage", "metric", "before", "after"):
@@ -101,9 +105,83 @@ def _demo(console: Console, svc) -> int:
     summary.add_row("SFT", "train loss (mean / last step)", "-", f"{sm.get('train_loss', 0):.3f} / {sm.get('final_loss', 0):.3f}")
     summary.add_row("SFT", "exact match, trained prompts", f"{em_before:.0%}", f"{em_after:.0%}")
     summary.add_row("DPO", "preference accuracy, log p(chosen) > log p(rejected)", f"{pref_before:.0%}", f"{pref_after:.0%}")
+    summary.add_row("Serve", "exact match through /v1/chat/completions (base / tuned-sft)", f"{served_before:.0%}",
+                    f"{served_after:.0%}")
     console.print(summary)
     console.print(f"Done in {time.monotonic() - started:.0f} s. Outputs:\n  SFT adapter  {sft_job['output_path']}\n"
                   f"  DPO adapter  {dpo_job['output_path']}\n"
                   f"Inspect: tuneloop status --project {PROJECT} | tuneloop registry list --project {PROJECT} | "
                   f"tuneloop config --project {PROJECT}")
     return 0
+
+
+def _serve_stage(console: Console, svc, prompts: list[str], refs: list[str]) -> tuple[float, float]:
+    """`tuneloop serve` in a subprocess, `adapter add tuned-sft --from-tune sft` hot-loads the SFT
+    adapter, the openai client asks the base and the adapter; returns their exact match."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    import httpx
+    import openai
+
+    from tuneloop.serving.deployments import DeploymentService
+
+    deps = DeploymentService(svc.store, svc.settings, PROJECT)
+    svc.store.delete_deployed(PROJECT, "tuned-sft")  # a re-run of the demo deploys it again
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log_path = svc.settings.home / "deployments" / PROJECT / "serve.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "TUNELOOP_HOME": str(svc.settings.home), "TUNELOOP_DATABASE_URL": svc.settings.database_url,
+           "TUNELOOP_MODELS_DIR": str(svc.settings.models_dir)}
+    with open(log_path, "ab") as log:
+        server = subprocess.Popen([sys.executable, "-m", "tuneloop", "serve", "--project", PROJECT, "--port", str(port)],
+                                  stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                from tuneloop.serving.errors import ServerError
+
+                raise ServerError(f"tuneloop serve did not start; see {log_path}")
+            time.sleep(0.5)
+        console.print(f"  tuneloop serve --project {PROJECT} --port {port}  (pid {server.pid})")
+        change = deps.add_adapter("tuned-sft", from_tune=True, ref="sft")
+        console.print(f"  tuneloop adapter add tuned-sft --from-tune sft  -> hot-loaded ({change.lineage})")
+        client = openai.OpenAI(base_url=url + "/v1", api_key="demo")
+        models = client.models.list().data
+        console.print("  /v1/models: " + ", ".join(m.id for m in models))
+        base = models[0].id
+
+        def ask(model: str, prompt: str) -> str:
+            r = client.chat.completions.create(model=model, messages=[{"role": "user", "content": prompt}],
+                                               temperature=0, max_tokens=16)
+            return r.choices[0].message.content
+
+        table = Table(title=f"Through the OpenAI endpoint {url}/v1 (openai client, greedy)", title_justify="left")
+        for col in ("prompt", "expected", base, "tuned-sft"):
+            table.add_column(col, overflow="fold")
+        hits = {"base": 0, "tuned": 0}
+        for p, r in zip(prompts, refs):
+            b, t = ask(base, p), ask("tuned-sft", p)
+            hits["base"] += b.strip() == r
+            hits["tuned"] += t.strip() == r
+            table.add_row(p, r, repr(b[:6]), ("✅ " if t.strip() == r else "❌ ") + t)
+        console.print(table)
+        return hits["base"] / len(prompts), hits["tuned"] / len(prompts)
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            server.kill()

@@ -34,6 +34,8 @@ def serve(model: Optional[str] = typer.Option(None, "--model", help="Base model:
                                                 help="An idle server waits this long for requests to batch together."),
           max_tokens: int = typer.Option(256, "--default-max-tokens", min=1,
                                          help="max_tokens of requests that do not set it."),
+          threads: Optional[int] = typer.Option(None, "--threads", min=1,
+                                                help="CPU threads for torch (default: torch's choice)."),
           project: Optional[str] = PROJECT) -> None:
     """Serve the base model, its adapters and inference components (OpenAI-compatible)."""
     from tuneloop.serving.server import serve as run
@@ -43,7 +45,7 @@ def serve(model: Optional[str] = typer.Option(None, "--model", help="Base model:
 
     raise typer.Exit(run(deployments(project), model=model, host=host, port=port, api_key=api_key,
                          engine_kind=engine, max_batch=max_batch, batch_window_ms=batch_window_ms,
-                         default_max_tokens=max_tokens, say=say))
+                         default_max_tokens=max_tokens, threads=threads, say=say))
 
 
 def read_prompts(path: str, samples: int) -> list[tuple[str, str | None]]:
@@ -92,7 +94,7 @@ def _one_line(text: str, width: int = 60) -> str:
 def test(model: Optional[str] = typer.Option(None, "--model", help="Served name (default: the latest adapter or "
                                              "inference component)."),
          prompt: Optional[str] = typer.Option(None, "--prompt", help="One question."),
-         dataset: Optional[str] = typer.Option(None, "--dataset", help="JSONL with prompt[/completion] rows."),
+         dataset: Optional[str] = typer.Option(None, "--dataset", help="JSONL with prompt (and completion) rows."),
          samples: int = typer.Option(5, "--samples", min=1, help="Rows of --dataset to ask."),
          max_tokens: int = typer.Option(64, "--max-tokens", min=1),
          project: Optional[str] = PROJECT, api_key: Optional[str] = API_KEY,

@@ -246,13 +246,17 @@ class DeploymentService:
             src = self.resolve_source("ic", from_tune=False, ref=None, path=model_data)
             check_full_model(src.path)
             model = str(src.path)
-        name, path = self.set_base(model, src)
+        name, path = self.resolve_base(model)
         warnings = []
         server = self.running_server()
-        if server:
+        if server:  # the server swaps first: a refusal leaves the recorded base as it was
+            if not Path(path).is_dir():
+                raise ValidationError("A running server swaps to a model folder only.", param="model",
+                                      hint="Stop the server, run this again, then start it (it loads the new base).")
             out = self._post(server, "/v1/replace_base_model", {"name": name, "model_path": path}, timeout=600)
             warnings = [f"⚠️  Adapter {n} does not fit the new base; it stays recorded but is not served."
                         for n in (out or {}).get("dropped", [])]
+        self.set_base(model, src)
         return Change(name, "base", path, bool(server), warnings, _lineage_text(src) if src else None)
 
     # ---- the running server -----------------------------------------------------------------

@@ -64,6 +64,7 @@ class Engine(ABC):
     """Serves one base model, LoRA adapters on it, and inference components (other full models)."""
 
     kind: str = "engine"
+    base: BaseModel
 
     @abstractmethod
     def models(self) -> list[dict[str, Any]]:

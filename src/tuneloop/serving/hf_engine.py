@@ -46,7 +46,9 @@ class TransformersEngine(GeneratingEngine):
     kind = "transformers"
 
     def __init__(self, base: BaseModel, *, max_batch: int = 32, batch_window_ms: float = 10.0,
-                 device: str | None = None, dtype: torch.dtype | None = None):
+                 device: str | None = None, dtype: torch.dtype | None = None, threads: int | None = None):
+        if threads:
+            torch.set_num_threads(threads)
         auto_device, auto_dtype = pick_device()
         self.device, self.dtype = device or auto_device, dtype or auto_dtype
         self.scheduler = Scheduler(max_batch=max_batch, window_s=batch_window_ms / 1000.0)
@@ -85,8 +87,10 @@ class TransformersEngine(GeneratingEngine):
 
     def load_adapter(self, name: str, path: str) -> None:
         self._check_free(name)
-        with self.scheduler.lock:
-            self.base_slot.loras.load(name, path)
+        weights = self.base_slot.loras.read(path)  # file reading does not stop generation
+        with self.scheduler.lock:  # installed between two forward passes
+            self._check_free(name)
+            self.base_slot.loras.load(name, path, weights)
             self.adapters[name] = path
 
     def unload_adapter(self, name: str) -> None:
@@ -100,6 +104,7 @@ class TransformersEngine(GeneratingEngine):
         self._check_free(name)
         slot = self._new_slot(name, path, with_loras=False)  # loads outside the lock: serving goes on
         with self.scheduler.lock:
+            self._check_free(name)
             self.components[name], self.roots[name] = slot, path
             self.scheduler.slots.append(slot)
 
@@ -149,12 +154,12 @@ class TransformersEngine(GeneratingEngine):
         cfg = slot.model.config
         return int(getattr(cfg, "max_position_embeddings", None) or slot.tok.model_max_length)
 
-    def submit(self, model: str, prompts: list[list[int]], params: SamplingParams, sink: Sink,
-               max_new: list[int] | None = None) -> Ticket:
+    def submit(self, model: str, prompts: list[list[int]], params: SamplingParams, sink: Sink) -> Ticket:
         slot, adapter = self._route(model)
         ticket = Ticket()
         req = Request(model=model, adapter=adapter, params=params, sink=sink, ticket=ticket)
-        limit = max_new or [params.max_tokens or 256] * len(prompts)
+        room = self.context_length(model)
+        limit = [min(params.max_tokens or 256, max(1, room - len(p))) for p in prompts]
         self.scheduler.enqueue(slot, req, prompts, limit)
         return ticket
 

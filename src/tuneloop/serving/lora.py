@@ -7,9 +7,13 @@ two tensors. Before a forward pass the engine selects a slot per batch row:
 
 - all rows on the base: the wrappers add nothing (plain base forward);
 - all rows on one adapter: y = W x + (x A) B, one matmul pair per layer;
-- mixed rows: each row's A and B are gathered once per selection and applied with two batched
-  matmuls per layer, so a mixed batch costs what a single-adapter batch costs. Where the
-  gathered copies would be large (big models, big batches), rows are grouped by adapter instead
+- mixed rows, few adapters: the A matrices of the adapters in the batch are concatenated
+  ([in, k*r]) and the B matrices stacked ([k*r, out]); y = W x + ((x A_cat) * M) B_cat where the
+  0/1 mask M keeps each row's own block. Two dense matmuls and one multiply per layer, whatever
+  the mix: a mixed batch costs about what a single-adapter batch costs (the extra work is k*r
+  columns instead of r, small next to W x);
+- mixed rows, many adapters: each row's A and B are gathered once per selection and applied
+  with two batched matmuls; where those copies would be large, rows are grouped by adapter
   (PEFT's `adapter_names` scheme, with index tensors built once per selection, not per layer).
 
 This is the S-LoRA / punica idea without custom kernels. The result equals PEFT's mixed-batch
@@ -30,6 +34,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 _KEY = re.compile(r"^(?:base_model\.model\.)?(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.[^.]+)?\.weight$")
+MASKED_MAX_COLUMNS = 1024                # k adapters * rank: above this, gather per row instead
 GATHER_LIMIT_BYTES = 256 * 1024 * 1024  # above this, mixed batches group rows by adapter
 
 
@@ -83,6 +88,9 @@ class MultiLoraLinear(nn.Module):
         if kind == "one":
             a, b = value
             return y + (x @ a) @ b
+        if kind == "masked":
+            a, mask, b = value  # [in, k*r], [B, 1, k*r], [k*r, out]
+            return y + ((x @ a) * mask) @ b
         if kind == "gather":
             a, b = value  # [B, in, r], [B, r, out]; x: [B, T, in]
             return y + torch.bmm(torch.bmm(x, a), b)
@@ -126,8 +134,13 @@ class LoraSet:
     def __contains__(self, name: str) -> bool:
         return name in self.order
 
-    def load(self, name: str, path: str | Path) -> None:
-        weights = read_adapter(path, self.dtype, self.device)
+    def read(self, path: str | Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        return read_adapter(path, self.dtype, self.device)
+
+    def load(self, name: str, path: str | Path,
+             weights: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None) -> None:
+        """Add an adapter (its weights read already by `read`, or read now) in the next free slot."""
+        weights = weights if weights is not None else self.read(path)
         for module in weights:
             self._wrap(module)
         for module, w in self.wrappers.items():
@@ -176,6 +189,19 @@ class LoraSet:
                 ok = w.a_stack is not None and self.order[s - 1] in w.weights
                 w.selection = ("one", (w.a_stack[s], w.b_stack[s])) if ok else None
             return
+        present = [s for s in unique if s != 0]
+        widths = {w.a_stack.shape[2] for w in self.wrappers.values() if w.a_stack is not None}
+        if len(present) * max(widths) <= MASKED_MAX_COLUMNS:
+            masks = {r: self._mask(slots, present, r) for r in widths}
+            for w in self.wrappers.values():
+                if w.a_stack is None:
+                    w.selection = None
+                    continue
+                n_in, r = w.a_stack.shape[1], w.a_stack.shape[2]
+                a_cat = w.a_stack[present].permute(1, 0, 2).reshape(n_in, len(present) * r)
+                b_cat = w.b_stack[present].reshape(len(present) * r, -1)
+                w.selection = ("masked", (a_cat, masks[r], b_cat))
+            return
         idx = torch.tensor(slots, device=self.device)
         gathered = sum(w.a_stack[0].numel() + w.b_stack[0].numel() for w in self.wrappers.values()
                        if w.a_stack is not None) * len(slots) * self.a_stack_itemsize()
@@ -189,6 +215,15 @@ class LoraSet:
         for w in self.wrappers.values():
             w.selection = None if w.a_stack is None else \
                 ("groups", [(ix, w.a_stack[s], w.b_stack[s]) for s, ix in groups])
+
+    def _mask(self, slots: list[int], present: list[int], r: int) -> torch.Tensor:
+        """[rows, 1, k*r]: ones over each row's own adapter block (none for base rows)."""
+        mask = torch.zeros((len(slots), 1, len(present) * r), dtype=self.dtype, device=self.device)
+        for i, s in enumerate(slots):
+            if s:
+                k = present.index(s)
+                mask[i, 0, k * r:(k + 1) * r] = 1
+        return mask
 
     def a_stack_itemsize(self) -> int:
         return torch.empty((), dtype=self.dtype).element_size()

@@ -28,7 +28,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from tuneloop.errors import TuneloopError
+from tuneloop.errors import TuneloopError, ValidationError
 from tuneloop.serving.adapters import check_adapter, check_full_model, localize
 from tuneloop.serving.deployments import DeploymentService, Source
 from tuneloop.serving.engine import BaseModel, GeneratingEngine
@@ -166,6 +166,8 @@ def create_app(engine: GeneratingEngine, *, deployments: DeploymentService | Non
     async def completions(req: P.CompletionRequest):
         req.check_unsupported()
         prompts = [engine.encode(req.model, text=p) for p in req.prompts()]
+        if not all(prompts):
+            raise ValidationError("`prompt` must not be empty.", param="prompt")
         context = engine.context_length(req.model)
         params = req.sampling(max(map(len, prompts)), context, default_max_tokens, "prompt")
         answer = Answer(engine, req.model, prompts, params)
@@ -193,59 +195,72 @@ def create_app(engine: GeneratingEngine, *, deployments: DeploymentService | Non
         yield _sse("[DONE]")
 
     # ---- what is served: vLLM's adapter API and tuneloop's own ------------------------------
-    def _base_folder() -> Path | None:
-        p = Path(engine.base.path)
-        return p if p.is_dir() else None
-
+    # Each change is checked, applied to the engine and recorded in a worker thread: reading
+    # folders (or fetching URLs) and loading weights never block the event loop.
     def _source(path: str) -> Source:
-        cache = deployments.cache_dir if deployments else Path.home() / ".tuneloop" / "cache"
-        folder = localize(path, cache)
+        folder = localize(path, deployments.cache_dir) if deployments else Path(path)
         folder = folder.resolve() if folder.exists() else folder
         lineage = deployments._lineage(folder) if deployments else (None, None, None)
         return Source(folder, path, *lineage)
 
+    def _load_adapter(name: str, path: str) -> list[str]:
+        src = _source(path)
+        base = Path(engine.base.path)
+        check = check_adapter(src.path, base_name=engine.base.name, base_folder=base if base.is_dir() else None)
+        engine.load_adapter(name, str(src.path))
+        if deployments:
+            deployments.record(name, "adapter", src, base_model=check.base_model)
+        return check.warnings
+
+    def _add_model(name: str, path: str) -> str:
+        src = _source(path)
+        check_full_model(src.path)
+        engine.add_model(name, str(src.path))
+        if deployments:
+            deployments.record(name, "ic", src)
+        return str(src.path)
+
+    def _replace_base(name: str, path: str) -> tuple[str, list[str]]:
+        src = _source(path)
+        check_full_model(src.path)
+        dropped = engine.replace_base(BaseModel(name, str(src.path)))
+        if deployments:
+            deployments.store.upsert_deployment(deployments.project, base_model=name, base_path=str(src.path),
+                                                base_job_id=src.job_id, base_group=src.group, base_version=src.version)
+        return str(src.path), dropped
+
+    def _forget(name: str) -> None:
+        if deployments:
+            deployments.store.delete_deployed(deployments.project, name)
+
     @app.post("/v1/load_lora_adapter", dependencies=guarded)
     async def load_lora_adapter(req: P.LoadLoraAdapterRequest):
-        src = _source(req.lora_path)
-        check = check_adapter(src.path, base_name=engine.base.name, base_folder=_base_folder())
-        await run_in_threadpool(engine.load_adapter, req.lora_name, str(src.path))
-        if deployments:
-            deployments.record(req.lora_name, "adapter", src, base_model=check.base_model)
-        for w in check.warnings:
-            log.warning("%s", w)
+        for warning in await run_in_threadpool(_load_adapter, req.lora_name, req.lora_path):
+            log.warning("%s", warning)
         return PlainTextResponse(f"Success: LoRA adapter '{req.lora_name}' added successfully.")
 
     @app.post("/v1/unload_lora_adapter", dependencies=guarded)
     async def unload_lora_adapter(req: P.UnloadLoraAdapterRequest):
         await run_in_threadpool(engine.unload_adapter, req.lora_name)
-        if deployments:
-            deployments.store.delete_deployed(deployments.project, req.lora_name)
+        await run_in_threadpool(_forget, req.lora_name)
         return PlainTextResponse(f"Success: LoRA adapter '{req.lora_name}' removed successfully.")
 
     @app.post("/v1/load_inference_component", dependencies=guarded)
     async def load_inference_component(req: P.LoadModelRequest) -> dict[str, Any]:
-        src = _source(req.model_path)
-        check_full_model(src.path)
-        await run_in_threadpool(engine.add_model, req.name, str(src.path))
-        if deployments:
-            deployments.record(req.name, "ic", src)
-        return {"name": req.name, "kind": "ic", "root": str(src.path)}
+        root = await run_in_threadpool(_add_model, req.name, req.model_path)
+        return {"name": req.name, "kind": "ic", "root": root}
 
     @app.post("/v1/unload_inference_component", dependencies=guarded)
     async def unload_inference_component(req: P.UnloadModelRequest) -> dict[str, Any]:
         await run_in_threadpool(engine.remove_model, req.name)
-        if deployments:
-            deployments.store.delete_deployed(deployments.project, req.name)
+        await run_in_threadpool(_forget, req.name)
         return {"name": req.name, "removed": True}
 
     @app.post("/v1/replace_base_model", dependencies=guarded)
     async def replace_base_model(req: P.LoadModelRequest) -> dict[str, Any]:
-        src = _source(req.model_path)
-        if src.path.is_dir():
-            check_full_model(src.path)
-        dropped = await run_in_threadpool(engine.replace_base, BaseModel(req.name, str(src.path)))
+        root, dropped = await run_in_threadpool(_replace_base, req.name, req.model_path)
         info["base"] = req.name
-        return {"base": req.name, "root": str(src.path), "dropped": dropped}
+        return {"base": req.name, "root": root, "dropped": dropped}
 
     return app
 
@@ -262,9 +277,9 @@ def port_free(host: str, port: int) -> bool:
 
 def serve(deps: DeploymentService, *, model: str | None, host: str, port: int, api_key: str | None,
           engine_kind: str = "auto", max_batch: int = 32, batch_window_ms: float = 10.0,
-          default_max_tokens: int = DEFAULT_MAX_TOKENS, say: Callable[[str], None] = print) -> int:
+          default_max_tokens: int = DEFAULT_MAX_TOKENS, threads: int | None = None,
+          say: Callable[[str], None] = print) -> int:
     """Serve the project's deployment until interrupted; returns the exit code."""
-    from tuneloop.errors import ValidationError
     from tuneloop.serving.engine import choose_engine
 
     running = deps.running_server()
@@ -276,12 +291,10 @@ def serve(deps: DeploymentService, *, model: str | None, host: str, port: int, a
     kind = choose_engine(engine_kind)
     row = deps.store.get_deployment(deps.project)
     if model and (row is None or model != row["base_model"]):
-        name, path = deps.set_base(model)
-    elif row is not None:
-        name, path = deps.set_base(row["base_model"], Source(Path(row["base_path"] or "."), "", row["base_job_id"],
-                                                             row["base_group"], row["base_version"]))
-    else:
-        name, path = deps.set_base(deps.default_base())
+        name, path = deps.set_base(model)  # a new base for the deployment (no lineage)
+    else:  # the recorded base (lineage kept), or the default model
+        name, path = deps.resolve_base(row["base_model"] if row else deps.default_base())
+        deps.store.upsert_deployment(deps.project, base_model=name, base_path=path)
     base = BaseModel(name, path)
     deployed = deps.store.list_deployed(deps.project)
     if kind == "vllm":
@@ -290,7 +303,7 @@ def serve(deps: DeploymentService, *, model: str | None, host: str, port: int, a
     from tuneloop.serving.hf_engine import TransformersEngine
 
     say(f"Loading {name} ...")
-    engine = TransformersEngine(base, max_batch=max_batch, batch_window_ms=batch_window_ms)
+    engine = TransformersEngine(base, max_batch=max_batch, batch_window_ms=batch_window_ms, threads=threads)
     try:
         _restore(engine, deps, deployed, say)
         info = {"project": deps.project, "base": name}
@@ -311,8 +324,6 @@ def serve(deps: DeploymentService, *, model: str | None, host: str, port: int, a
 def _restore(engine: GeneratingEngine, deps: DeploymentService, deployed: list[dict[str, Any]],
              say: Callable[[str], None]) -> None:
     """Load what the deployment state lists; what no longer loads is reported and skipped."""
-    from tuneloop.errors import TuneloopError
-
     base_folder = Path(engine.base.path) if Path(engine.base.path).is_dir() else None
     for d in deployed:
         try:
