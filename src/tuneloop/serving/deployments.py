@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tuneloop.processes import pid_alive
 from tuneloop.errors import NotFoundError, ValidationError
 from tuneloop.registry import resolve_from_tune
 from tuneloop.serving.adapters import AdapterInfo, check_adapter, check_full_model, localize
@@ -54,16 +55,6 @@ class Change:
     loaded: bool                       # hot-loaded into a running server
     warnings: list[str] = field(default_factory=list)
     lineage: str | None = None
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class DeploymentService:
@@ -274,7 +265,7 @@ class DeploymentService:
         row = self.store.get_deployment(self.project)
         if not row or not row.get("port"):
             return None
-        if row["server_host"] == socket.gethostname() and row["pid"] and not _pid_alive(row["pid"]):
+        if row["server_host"] == socket.gethostname() and row["pid"] and not pid_alive(row["pid"]):
             self.store.clear_server(self.project, row["pid"])
             return None
         host = "127.0.0.1" if row["host"] in ("0.0.0.0", "::", "") else row["host"]
