@@ -11,7 +11,6 @@ The CLI and the server call the same methods; a server started later loads what 
 
 from __future__ import annotations
 
-import os
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
