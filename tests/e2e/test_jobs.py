@@ -104,7 +104,7 @@ def test_kill_9_then_rerun_resumes_from_the_last_checkpoint(home):
     killed_at = json.loads(cli("status", job_id, "--json").stdout)["step"]
     assert killed_at < 300  # the recorded step follows the logging cadence (every 3 steps here)
 
-    r = cli(*args)  # the same command again: follows the job, restarts its runner, resumes
+    r = cli(*args, timeout=1200)  # the same command again: follows the job, restarts its runner, resumes
     assert r.returncode == 0, r.stderr
     log = events(job_id)
     assert "runner process is gone; restarting from the last checkpoint" in log
