@@ -9,6 +9,7 @@ import typer
 
 from tuneloop.cli import catalog, jobs, state, tune
 from tuneloop.cli import datasets
+from tuneloop.cli import evaluators
 from tuneloop.cli import deploy, serve
 
 app = typer.Typer(name="tuneloop", help="Self-hosted model customization: tune -> adapter -> deploy -> test.",
@@ -21,6 +22,7 @@ app.command("cancel")(jobs.cancel)
 app.command("config")(state.config)
 app.add_typer(state.registry_app, name="registry")
 app.add_typer(datasets.app, name="datasets")
+app.add_typer(evaluators.app, name="evaluators")
 app.command("serve")(serve.serve)
 app.command("test")(serve.test)
 app.add_typer(deploy.adapter_app, name="adapter")

@@ -12,7 +12,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from tuneloop.errors import ConfigError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 metadata = MetaData()
 
 
@@ -170,8 +170,37 @@ def _migrate_3(conn: Connection) -> None:
     metadata.create_all(conn, tables=[deployments, deployed_models])
 
 
+# ---- evaluator assets (version 4): reward functions and reward prompts, versioned --------------------
+evaluators = Table(
+    "evaluators", metadata,
+    Column("name", String(128), primary_key=True),
+    Column("type", String(32), nullable=False),              # reward-function | reward-prompt
+    Column("description", Text),
+    Column("created_at", DateTime, nullable=False),
+)
+
+evaluator_versions = Table(
+    "evaluator_versions", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(128), ForeignKey("evaluators.name", ondelete="CASCADE"), nullable=False, index=True),
+    Column("version", Integer, nullable=False),
+    Column("type", String(32), nullable=False),
+    Column("kind", String(16), nullable=False),              # builtin | file | module | http | grader | prompt
+    Column("source", Text, nullable=False),                  # as given
+    Column("target", Text, nullable=False),                  # what runs: a frozen copy's path, a URL, a built-in
+    Column("sha256", String(64), nullable=False),            # of the content (code, JSON, prompt, or reference)
+    Column("created_at", DateTime, nullable=False),
+    UniqueConstraint("name", "version"),
+    UniqueConstraint("name", "sha256"),
+)
+
+
+def _migrate_4(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[evaluators, evaluator_versions])
+
+
 # version N -> function upgrading a database at version N-1
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {2: _migrate_2, 3: _migrate_3}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {2: _migrate_2, 3: _migrate_3, 4: _migrate_4}
 
 
 def make_engine(url: str) -> Engine:

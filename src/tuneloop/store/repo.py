@@ -16,6 +16,7 @@ from tuneloop.store import db
 from tuneloop.store.db import config_state, events, jobs, model_package_groups, model_packages, utcnow
 from tuneloop.store.db import dataset_versions, datasets
 from tuneloop.store.db import deployed_models, deployments
+from tuneloop.store.db import evaluator_versions, evaluators
 
 ACTIVE_STATES = ("queued", "running")
 FINAL_STATES = ("completed", "failed", "cancelled")
@@ -262,6 +263,54 @@ class Store:
             row = conn.execute(select(model_packages).where(model_packages.c.output_path == path)
                                .order_by(model_packages.c.id.desc())).mappings().first()
         return dict(row) if row else None
+
+    # ---- evaluator assets (tuneloop evaluators ..., Evaluator) -------------------------------------
+    def add_evaluator_version(self, name: str, type: str, row: dict[str, Any], description: str | None = None
+                              ) -> tuple[dict[str, Any], bool]:
+        """Add the next version of evaluator `name` (created when missing) unless one with the same
+        sha256 exists; return (the version row, whether it was added)."""
+        for _ in range(5):  # racing creators: the unique (name, version) decides
+            with self.engine.connect() as conn:
+                existing = conn.execute(select(evaluator_versions).where(and_(
+                    evaluator_versions.c.name == name, evaluator_versions.c.sha256 == row["sha256"]))).mappings().first()
+            if existing is not None:
+                return _with_ref(existing), False
+            try:
+                with self.engine.begin() as conn:
+                    if conn.execute(select(evaluators.c.name).where(evaluators.c.name == name)).first() is None:
+                        conn.execute(insert(evaluators).values(name=name, type=type, description=description,
+                                                               created_at=utcnow()))
+                    version = (conn.execute(select(func.max(evaluator_versions.c.version))
+                                            .where(evaluator_versions.c.name == name)).scalar() or 0) + 1
+                    conn.execute(insert(evaluator_versions).values(name=name, version=version, type=type,
+                                                                   created_at=utcnow(), **row))
+                return self.get_evaluator_version(f"{name}@v{version}"), True
+            except IntegrityError:
+                continue
+        raise RuntimeError(f"could not add a version of evaluator {name}")
+
+    def get_evaluator(self, name: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(evaluators).where(evaluators.c.name == name)).mappings().first()
+        return dict(row) if row else None
+
+    def get_evaluator_version(self, ref: str) -> dict[str, Any] | None:
+        """`name` (its latest version) or `name@vN`; None when there is no such version."""
+        name, _, version = ref.partition("@v")
+        if version and not version.isdigit():
+            return None
+        q = select(evaluator_versions).where(evaluator_versions.c.name == name)
+        q = q.where(evaluator_versions.c.version == int(version)) if version else \
+            q.order_by(evaluator_versions.c.version.desc()).limit(1)
+        with self.engine.connect() as conn:
+            return _with_ref(conn.execute(q).mappings().first())
+
+    def list_evaluator_versions(self, name: str | None = None) -> list[dict[str, Any]]:
+        q = select(evaluator_versions).order_by(evaluator_versions.c.name, evaluator_versions.c.version)
+        if name:
+            q = q.where(evaluator_versions.c.name == name)
+        with self.engine.connect() as conn:
+            return [_with_ref(r) for r in conn.execute(q).mappings()]
 
 
 def _with_ref(row: Any) -> dict[str, Any] | None:
