@@ -1,4 +1,4 @@
-"""tuneloop: self-hosted model customization (SFT, DPO; LoRA or full-rank) with the SageMaker V3
+"""tuneloop: self-hosted model customization (SFT, DPO, RLVR, RLAIF; LoRA or full-rank) with the SageMaker V3
 trainer API. Heavy libraries load only when a job trains, so importing tuneloop is cheap.
 
     from tuneloop import SFTTrainer, TrainingType
@@ -14,6 +14,10 @@ __all__ = [
     "CustomizationTechnique",
     "DPOTrainer",
     "DataSet",
+    "Evaluator",
+    "EvaluatorType",
+    "RLAIFTrainer",
+    "RLVRTrainer",
     "SFTTrainer",
     "TrainingJob",
     "TrainingType",
@@ -22,5 +26,5 @@ __all__ = [
 ]
 
 from tuneloop.errors import TuneloopError
-from tuneloop.sdk import (CustomizationTechnique, DataSet, DPOTrainer, SFTTrainer, TrainingJob, TrainingType,
-                          list_supported_models)
+from tuneloop.sdk import (CustomizationTechnique, DataSet, DPOTrainer, Evaluator, EvaluatorType, RLAIFTrainer,
+                          RLVRTrainer, SFTTrainer, TrainingJob, TrainingType, list_supported_models)

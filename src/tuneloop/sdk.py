@@ -144,10 +144,15 @@ class _Trainer:
                           model=self.model, project=self.project, hyperparameters=self.hyperparameters,
                           validation_dataset=validation,
                           column_map=self.column_map, output_uri=self.output_path,
-                          model_package_group=self.model_package_group, accept_eula=self.accept_eula)
+                          model_package_group=self.model_package_group, accept_eula=self.accept_eula,
+                          **self._reward_request())
         outcome = service.submit(service.prepare(req), force=force)
         job = TrainingJob(outcome.job["id"], service)
         return job.wait() if wait else job
+
+    def _reward_request(self) -> dict[str, Any]:
+        """TuneRequest fields of RL trainers (rewards, judge); none for SFT and DPO."""
+        return {}
 
 
 class DataSet:
@@ -259,3 +264,121 @@ class SFTTrainer(_Trainer):
 
 class DPOTrainer(_Trainer):
     technique = CustomizationTechnique.DPO
+
+
+# ---- RL: RLVR, RLAIF and evaluators (SageMaker V3 names) -----------------------------------------------
+class EvaluatorType(str, Enum):
+    RewardFunction = "reward-function"
+    RewardPrompt = "reward-prompt"
+    REWARD_FUNCTION = "reward-function"
+    REWARD_PROMPT = "reward-prompt"
+
+
+class Evaluator:
+    """A registered, versioned reward function or reward prompt.
+
+        ev = Evaluator.create(name="colour-match", type=EvaluatorType.RewardFunction, source="rewards.py:score")
+        ev.verify("data/train.jsonl").ok
+        RLVRTrainer(custom_reward_function=ev, training_dataset="data/train.jsonl").train()
+
+    `str(ev)` is `name@vN`, which every reward argument (CLI, SDK) accepts."""
+
+    def __init__(self, row: dict[str, Any]):
+        self._row = dict(row)
+
+    name = property(lambda self: self._row["name"])
+    version = property(lambda self: self._row["version"])
+    ref = property(lambda self: self._row["ref"])
+    type = property(lambda self: self._row["type"])
+    source = property(lambda self: self._row["source"])
+    sha256 = property(lambda self: self._row["sha256"])
+    created_time = property(lambda self: self._row["created_at"])
+
+    @property
+    def arn(self) -> str:
+        return f"tuneloop:evaluator/{self.ref}"
+
+    @staticmethod
+    def _service():
+        from tuneloop.evaluators import EvaluatorService
+
+        return EvaluatorService.default()
+
+    @classmethod
+    def create(cls, name: str, type: EvaluatorType | str | None = None, source: str | None = None,
+               description: str | None = None, wait: bool = True, **kwargs: Any) -> "Evaluator":
+        """Register `source` (a reward reference) as the next version of `name`; the same content
+        returns the existing version. `reward_function`/`prompt` are accepted for `source`."""
+        from tuneloop.errors import ValidationError
+
+        source = source or kwargs.pop("reward_function", None) or kwargs.pop("prompt", None)
+        if kwargs:
+            raise ValidationError(f"Unknown argument(s) for Evaluator.create: {', '.join(sorted(kwargs))}.",
+                                  param=next(iter(kwargs)))
+        if not source:
+            raise ValidationError("Evaluator.create needs a source (a reward function or prompt reference).",
+                                  param="source")
+        row, _ = cls._service().create(name, str(source), type=type, description=description)
+        return cls(row)
+
+    @classmethod
+    def get(cls, name: str) -> "Evaluator":
+        """`name` (latest version) or `name@vN`."""
+        return cls(cls._service().assets.get(name))
+
+    @classmethod
+    def get_all(cls, max_results: int | None = None) -> list["Evaluator"]:
+        rows = cls._service().assets.list()
+        return [cls(r) for r in (rows[:max_results] if max_results else rows)]
+
+    def get_versions(self) -> list["Evaluator"]:
+        return [Evaluator(r) for r in self._service().assets.versions(self.name)]
+
+    def verify(self, dataset: str, samples: int = 8, judge_model: str | None = None):
+        """Run it on sample rows of `dataset`; the result has `.ok`, `.reports` and `.to_dict()`."""
+        return self._service().verify(self.ref, str(dataset), samples=samples, judge_model=judge_model)
+
+    def __str__(self) -> str:
+        return self.ref
+
+    def __repr__(self) -> str:
+        return f"Evaluator(name={self.name!r}, version={self.version}, type={self.type!r}, source={self.source!r})"
+
+
+class _RLTrainer(_Trainer):
+    def __init__(self, *args: Any, skip_reward_validation: bool = False, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.skip_reward_validation = skip_reward_validation
+
+
+class RLVRTrainer(_RLTrainer):
+    """GRPO with a verifiable reward: `custom_reward_function` is an Evaluator or any reward
+    reference (builtin:NAME, file.py:FUNC, module:FUNC, an http(s) URL, grader JSON)."""
+
+    technique = CustomizationTechnique.RLVR
+
+    def __init__(self, *args: Any, custom_reward_function: Any = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.custom_reward_function = custom_reward_function
+
+    def _reward_request(self) -> dict[str, Any]:
+        fn = self.custom_reward_function
+        return {"reward_function": str(fn) if fn is not None else None,
+                "skip_reward_validation": self.skip_reward_validation}
+
+
+class RLAIFTrainer(_RLTrainer):
+    """GRPO with an LLM judge: `reward_model_id` is the judge (catalog id, model folder, or
+    openai:MODEL@BASE_URL), `reward_prompt` a Builtin.<Name>, a template, or an Evaluator."""
+
+    technique = CustomizationTechnique.RLAIF
+
+    def __init__(self, *args: Any, reward_model_id: str | None = None, reward_prompt: Any = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.reward_model_id, self.reward_prompt = reward_model_id, reward_prompt
+
+    def _reward_request(self) -> dict[str, Any]:
+        prompt = self.reward_prompt
+        prompt = getattr(prompt, "value", prompt)
+        return {"reward_prompt": str(prompt) if prompt is not None else None, "judge_model": self.reward_model_id,
+                "skip_reward_validation": self.skip_reward_validation}

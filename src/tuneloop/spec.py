@@ -20,6 +20,7 @@ class Hyperparameter:
     max: float | None = None
     lora_only: bool = False
     help: str = ""
+    techniques: tuple[str, ...] = ()   # empty: every technique
 
     def check(self, name: str, value: Any) -> Any:
         if self.type is int and isinstance(value, float) and value.is_integer():
@@ -54,10 +55,27 @@ HYPERPARAMETERS: dict[str, Hyperparameter] = {
     "dataset_max_len": Hyperparameter(int, 8, 1_048_576, help="maximum tokens per example"),
     "beta": Hyperparameter(float, 0.0, 100.0, help="DPO temperature beta, e.g. 0.1"),
     "seed": Hyperparameter(int, 0, 2**31 - 1, help="random seed"),
+    # RL (rlvr, rlaif): GRPO on TRL
+    "max_prompt_length": Hyperparameter(int, 8, 1_048_576, help="prompt tokens kept (left-truncated)",
+                                        techniques=("rlvr", "rlaif")),
+    "max_response_length": Hyperparameter(int, 1, 1_048_576, help="tokens generated per completion",
+                                          techniques=("rlvr", "rlaif")),
+    "num_generations": Hyperparameter(int, 2, 1024, help="completions sampled per prompt (GRPO group size)",
+                                      techniques=("rlvr", "rlaif")),
+    "temperature": Hyperparameter(float, 0.01, 10.0, help="sampling temperature, e.g. 1.0",
+                                  techniques=("rlvr", "rlaif")),
+    "kl_loss_coef": Hyperparameter(float, 0.0, 100.0, help="KL penalty to the starting model, e.g. 0.001",
+                                   techniques=("rlvr", "rlaif")),
+    "clip_ratio": Hyperparameter(float, 0.0, 10.0, help="PPO-style ratio clipping epsilon, e.g. 0.2",
+                                 techniques=("rlvr", "rlaif")),
+    "reward_failure_threshold": Hyperparameter(float, 0.0, 1.0, help="share of a step's rewards that may fail "
+                                               "before the job stops, e.g. 0.2", techniques=("rlvr", "rlaif")),
+    "reward_timeout": Hyperparameter(float, 0.1, 3600.0, help="seconds one reward call may take, e.g. 10",
+                                     techniques=("rlvr", "rlaif")),
 }
 
 
-def check_hyperparameters(values: dict[str, Any], training_type: str) -> dict[str, Any]:
+def check_hyperparameters(values: dict[str, Any], training_type: str, technique: str | None = None) -> dict[str, Any]:
     """Validate user-given hyperparameters by name; None values are dropped (= use the default)."""
     out: dict[str, Any] = {}
     for name, value in values.items():
@@ -74,6 +92,12 @@ def check_hyperparameters(values: dict[str, Any], training_type: str) -> dict[st
             raise ValidationError(
                 f"{flag} only applies when --training-type lora (this job is {training_type}).",
                 hint=f"Remove {flag}, or use --training-type lora.", param=name,
+            )
+        if technique and hp.techniques and technique not in hp.techniques:
+            flag = "--" + name.replace("_", "-")
+            raise ValidationError(
+                f"{name} only applies to {' and '.join(hp.techniques)} jobs (this job is {technique}).",
+                hint=f"Remove {flag} (or {name} from the hyperparameters).", param=name,
             )
         out[name] = hp.check(name, value)
     return out
@@ -99,6 +123,8 @@ class JobSpec:
     reward_function: str | None = None
     reward_prompt: str | None = None
     accept_eula: bool = False
+    judge_model: str | None = None          # RLAIF judge: catalog/built-in id, folder, openai:MODEL@URL
+    reward_base_dir: str | None = None      # where relative reward paths and modules resolve (submit's cwd)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)

@@ -326,7 +326,7 @@ def test_default_hyperparameters_builtin(catalog):
     assert tiny.default_hyperparameters("sft", "full-rank")["learning_rate"] == 3e-3
     assert tiny.default_hyperparameters("dpo", "full-rank")["learning_rate"] == 1e-3
     rl = tiny.default_hyperparameters("rlvr", "lora")
-    assert rl["learning_rate"] == 5e-3 and rl["max_epochs"] == 1 and rl["global_batch_size"] == 8
+    assert rl["learning_rate"] == 2e-4 and rl["max_epochs"] == 1 and rl["global_batch_size"] == 32  # the RL demo task learns with these
     assert "num_generations" in rl
 
 

@@ -29,8 +29,24 @@ def tune(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="global_batch_size"),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="max_steps (overrides epochs)"),
     save_steps: Optional[int] = typer.Option(None, "--save-steps", help="checkpoint every N steps"),
-    reward_function: Optional[str] = typer.Option(None, "--reward-function", help="RLVR reward function."),
-    reward_prompt: Optional[str] = typer.Option(None, "--reward-prompt", help="RLAIF reward prompt."),
+    reward_function: Optional[str] = typer.Option(None, "--reward-function", help="RLVR reward: builtin:NAME, "
+                                                  "file.py:FUNC, module:FUNC, http(s)://URL, grader JSON, or an "
+                                                  "evaluator NAME[@vN]. A row's reward_model column overrides it."),
+    reward_prompt: Optional[str] = typer.Option(None, "--reward-prompt", help="RLAIF reward prompt: Builtin.NAME "
+                                                "(Helpfulness, Correctness, Harmlessness, Summarize, Conciseness), "
+                                                "a template file, inline text, or an evaluator NAME[@vN]."),
+    judge_model: Optional[str] = typer.Option(None, "--judge-model", help="RLAIF judge: catalog id, built-in, "
+                                              "model folder, or openai:MODEL@BASE_URL [default: the base model]."),
+    max_prompt_length: Optional[int] = typer.Option(None, "--max-prompt-length", help="max_prompt_length (RL)"),
+    max_response_length: Optional[int] = typer.Option(None, "--max-response-length",
+                                                      help="max_response_length (RL): tokens per completion"),
+    num_generations: Optional[int] = typer.Option(None, "--num-generations",
+                                                  help="num_generations (RL): completions per prompt"),
+    temperature: Optional[float] = typer.Option(None, "--temperature", help="temperature (RL): sampling"),
+    kl_coef: Optional[float] = typer.Option(None, "--kl-coef", help="kl_loss_coef (RL): KL penalty"),
+    clip_ratio: Optional[float] = typer.Option(None, "--clip-ratio", help="clip_ratio (RL): ratio clipping"),
+    skip_reward_validation: bool = typer.Option(False, "--skip-reward-validation",
+                                                help="RL: do not run the rewards on sample rows before submitting."),
     column_map: Optional[str] = typer.Option(None, "--column-map", help='Rename columns: "input:prompt,output:completion" or "prompt=question".'),
     no_transform: bool = typer.Option(False, "--no-transform", help="Halt instead of flattening chat-format columns."),
     validation_dataset: Optional[str] = typer.Option(None, "--validation-dataset", help="Validation data (same format)."),
@@ -70,11 +86,13 @@ def tune(
         technique=technique, dataset=dataset, training_type=training_type, model=model, project=project,
         hyperparameters=dict(max_epochs=epochs, learning_rate=learning_rate, dataset_max_len=max_seq_length,
                              lora_rank=lora_rank, lora_alpha=lora_alpha, global_batch_size=batch_size,
-                             max_steps=max_steps, save_steps=save_steps),
+                             max_steps=max_steps, save_steps=save_steps, max_prompt_length=max_prompt_length,
+                             max_response_length=max_response_length, num_generations=num_generations,
+                             temperature=temperature, kl_loss_coef=kl_coef, clip_ratio=clip_ratio),
         validation_dataset=validation_dataset, validation_split=validation_split, column_map=column_map,
         no_transform=no_transform, take=take,
         output_uri=output_bucket, reward_function=reward_function, reward_prompt=reward_prompt,
-        accept_eula=accept_eula)
+        accept_eula=accept_eula, judge_model=judge_model, skip_reward_validation=skip_reward_validation)
     prep = svc.prepare(req)
     for note in prep.notes:
         print(note, file=sys.stderr)
@@ -127,6 +145,11 @@ def _render_dry_run(prep, as_json: bool) -> None:
     ]
     if p.lora_rank:
         rows.append(("lora", f"rank {p.lora_rank}, alpha {p.lora_alpha}"))
+    if p.num_generations:
+        rows += [("generations", f"{p.num_generations} per prompt, {p.global_batch // p.num_generations} prompts "
+                                 "per step"),
+                 ("lengths", f"prompt <= {p.max_prompt_length}, response <= {p.max_response_length} tokens"),
+                 ("sampling / KL / clip", f"temperature {p.temperature:g}, kl {p.kl_coef:g}, clip {p.clip_ratio:g}")]
     rows += [("est. peak memory", f"{p.est_peak_memory_gb:.2f} GiB"), ("est. time", f"{p.est_time_s:.0f} s")]
     for k, v in rows:
         print(f"  {k:<24}{v}")

@@ -22,6 +22,7 @@ from typing import Any
 from tuneloop.catalog import normalize_technique, normalize_training_type
 from tuneloop.data.stage import StageResult, stage_dataset
 from tuneloop.errors import JobFailedError, NotFoundError, ValidationError
+from tuneloop.processes import pid_alive
 from tuneloop.service.models import ResolvedModel, model_shape, resolve_model
 from tuneloop.settings import Settings, resolve_project
 from tuneloop.spec import JobSpec, check_hyperparameters
@@ -53,6 +54,8 @@ class TuneRequest:
     reward_prompt: str | None = None
     accept_eula: bool = False
     validation_split: float | None = None   # carve this share of the rows out as validation data
+    judge_model: str | None = None          # RLAIF judge (default: the job's base model)
+    skip_reward_validation: bool = False    # RL: do not run the rewards on sample rows before submitting
 
 
 @dataclass
@@ -110,18 +113,17 @@ class JobService:
         project = resolve_project(req.project)
         technique = normalize_technique(req.technique)
         training_type = normalize_training_type(req.training_type)
-        model = resolve_model(req.model, technique, training_type)
+        model = resolve_model(self._finished_output(req.model), technique, training_type)
         notes = [model.note] if model.note else []
-        if technique in ("rlvr", "rlaif"):
-            raise ValidationError(
-                f"Technique {technique} is not available in this version of tuneloop yet.",
-                hint="Use --technique sft or --technique dpo.", param="technique")
+        rl = technique in ("rlvr", "rlaif")
+        if rl:
+            _check_reward_flags(technique, req)
         if model.entry is not None and model.entry.gated and not req.accept_eula:
             raise ValidationError(
                 f'Model "{model.id}" is gated: its licence must be accepted before tuning.',
                 hint="Read the model's licence on its Hugging Face page, then re-run with --accept-eula.",
                 param="accept_eula")
-        overrides = check_hyperparameters(req.hyperparameters, training_type)
+        overrides = check_hyperparameters(req.hyperparameters, training_type, technique)
         staging = self.settings.home / "staging" / uuid.uuid4().hex
         try:
             staged, validation = self._stage(req, technique, staging, overrides)
@@ -134,8 +136,15 @@ class JobService:
                        no_transform=req.no_transform, take=req.take, output_uri=req.output_uri,
                        model_package_group=req.model_package_group, reward_function=req.reward_function,
                        reward_prompt=req.reward_prompt, accept_eula=req.accept_eula)
+        if rl:
+            spec.reward_base_dir = str(Path.cwd())
+            spec.judge_model = req.judge_model or (model.entry.id if model.entry else model.base_path or model.id)
+            if technique == "rlaif" and not req.judge_model:
+                notes.append(f"ℹ️  Judge: {spec.judge_model} (the base model; choose another with --judge-model)")
         try:
             plan = self._plan(spec, model, staged)
+            if rl and not req.skip_reward_validation:
+                notes += self.verify_rewards(spec, plan, staged.path)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -183,7 +192,46 @@ class JobService:
                          data=token_stats(staged.path, spec.technique, folder), hw=self.hardware,
                          defaults=model.defaults(spec.technique, spec.training_type), overrides=spec.hyperparameters)
 
+    def _finished_output(self, model: str | None) -> str | None:
+        """`--model JOB_NAME`: a finished job's output, so training continues from it."""
+        if model and not Path(model).expanduser().exists() and re.fullmatch(r"[a-z0-9-]+-tune-[a-z]+-[\d-]+", model):
+            job = self.store.get_job(model)
+            if job is not None:
+                if not job["output_path"]:
+                    raise ValidationError(f"Job {model} has no output to continue from (it is {job['state']}).",
+                                          param="model")
+                return job["output_path"]
+        return model
+
+    def verify_rewards(self, spec: JobSpec, plan: Plan, staged_path: Path) -> list[str]:
+        """Run each distinct reward of the staged rows on a few of them (SageMaker verifies reward
+        functions before submitting); a broken one is a ValidationError: nothing is created."""
+        from tuneloop.rewards.functions import RewardContext
+        from tuneloop.rewards.verify import failure_details, rows_by_reward, verify_rows
+
+        rows = rows_by_reward(staged_path, per_reward=4)
+        lookup = getattr(self.store, "get_evaluator_version", None)
+        with RewardContext(base_dir=spec.reward_base_dir, judge_model=spec.judge_model, evaluator_lookup=lookup,
+                           models_dir=self.settings.models_dir, timeout_s=plan.reward_timeout_s or 10.0,
+                           load_local_judges=False) as ctx:
+            reports = verify_rows(ctx, rows, samples=4)
+        bad = [r for r in reports if not r.ok]
+        if bad:
+            flag = "--reward-function" if spec.technique == "rlvr" else "--reward-prompt"
+            raise ValidationError(
+                f"Reward verification failed before submission: {', '.join(r.name for r in bad)} "
+                f"{'does' if len(bad) == 1 else 'do'} not return a score on sample rows.",
+                details=failure_details(bad),
+                hint=f"Fix the reward ({flag} or the rows' reward_model), check it with:\n  tuneloop evaluators "
+                     f"verify {bad[0].ref!r} --dataset {spec.dataset}\nor skip this check with "
+                     "--skip-reward-validation.", param="reward_function")
+        checked = ", ".join(f"{r.name} ({sum(1 for x in r.results if x.score.ok)} scored)" for r in reports)
+        return [f"ℹ️  Rewards verified on sample rows: {checked}"]
+
     def _model_folder(self, model: ResolvedModel) -> Path | None:
+        if model.source == "adapter":
+            return Path(model.base_path) if model.base_path and Path(model.base_path).is_dir() else \
+                _hub_cache_folder(model.entry.hf_id if model.entry and model.entry.hf_id else str(model.base_path))
         if model.source == "builtin":
             from tuneloop.models.builtin import ensure_builtin
 
@@ -316,7 +364,7 @@ class JobService:
             return job["pid"] is None and age is not None and age > QUEUED_GRACE_S
         if job["state"] != "running":
             return False
-        if job["host"] == socket.gethostname() and job["pid"] and not _pid_alive(job["pid"]):
+        if job["host"] == socket.gethostname() and job["pid"] and not pid_alive(job["pid"]):
             return True
         age = age_seconds(job["heartbeat_at"])
         return age is None or age > STALE_AFTER_S
@@ -354,6 +402,17 @@ class JobService:
         return self.get(job_id)
 
 
+def _check_reward_flags(technique: str, req: TuneRequest) -> None:
+    if technique == "rlvr" and req.reward_prompt and not req.reward_function:
+        raise ValidationError("--reward-prompt is for rlaif (an LLM judge); rlvr takes --reward-function.",
+                              hint="Use --technique rlaif --reward-prompt ..., or --reward-function REF for rlvr.",
+                              param="reward_prompt")
+    if technique == "rlaif" and req.reward_function and not req.reward_prompt:
+        raise ValidationError("--reward-function is for rlvr; rlaif takes --reward-prompt (and --judge-model).",
+                              hint="Use --technique rlvr --reward-function ..., or --reward-prompt REF for rlaif.",
+                              param="reward_function")
+
+
 def _dataset_record(prep: Prepared) -> dict[str, Any]:
     """What the job trained on, exactly: kept in the job's spec (row and spec.json, then the manifest)."""
     out: dict[str, Any] = {"dataset_version": prep.staged.dataset_version, "dataset_sha256": prep.staged.sha256,
@@ -374,9 +433,15 @@ def token_stats(path: Path, technique: str, model_folder: Path | None) -> DataSt
 
         tok = Tokenizer.from_file(str(model_folder / "tokenizer.json"))
     texts: list[str] = []
+    references: list[str] = []       # RL: reference answers bound the planned completion length
     with open(path, encoding="utf-8") as fh:
         for line in fh:
             row = json.loads(line)
+            if technique in ("rlvr", "rlaif"):
+                ref = next((row[c] for c in ("ground_truth", "answer", "reference", "solution", "expected")
+                            if isinstance(row.get(c), (str, int, float)) and not isinstance(row.get(c), bool)), None)
+                if ref is not None:
+                    references.append(str(ref))
             if "messages" in row:  # a multi-turn conversation: all of it goes through the model
                 texts.append("\n".join(m["content"] for m in row["messages"]))
                 continue
@@ -388,9 +453,12 @@ def token_stats(path: Path, technique: str, model_folder: Path | None) -> DataSt
     overhead = 12  # chat template markers around two turns
     if tok is not None:
         lengths = [len(e.ids) + overhead for e in tok.encode_batch(texts, add_special_tokens=False)]
+        ref_lengths = [len(e.ids) for e in tok.encode_batch(references, add_special_tokens=False)] if references else []
     else:
         lengths = [len(t) // 4 + overhead for t in texts]
-    return DataStats(rows=len(lengths), mean_tokens=sum(lengths) / max(1, len(lengths)), max_tokens=max(lengths))
+        ref_lengths = [len(t) // 4 + 1 for t in references]
+    return DataStats(rows=len(lengths), mean_tokens=sum(lengths) / max(1, len(lengths)), max_tokens=max(lengths),
+                     reference_tokens=max(ref_lengths) if ref_lengths and len(ref_lengths) == len(lengths) else None)
 
 
 def _hub_cache_folder(repo_id: str) -> Path | None:
@@ -400,17 +468,3 @@ def _hub_cache_folder(repo_id: str) -> Path | None:
         return Path(snapshot_download(repo_id, local_files_only=True))
     except Exception:
         return None
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie (exited, not yet reaped) is not alive
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True

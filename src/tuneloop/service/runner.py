@@ -85,9 +85,12 @@ def _train(store: Store, settings, job: dict[str, Any]) -> str:
     targets = resolve_model(spec.model, spec.technique, spec.training_type).lora_targets
     cancelled = {"flag": False}
 
+    rl_technique = spec.technique in ("rlvr", "rlaif")
+
     def on_metrics(step: int, total: int, metrics: dict[str, float]) -> None:
         loss = metrics.get("loss")
-        store.update_job(job_id, step=step, total_steps=total, **({"loss": loss} if loss is not None else {}))
+        live = {"metrics": {k: metrics[k] for k in RL_LIVE if k in metrics}} if rl_technique and "reward" in metrics else {}
+        store.update_job(job_id, step=step, total_steps=total, **({"loss": loss} if loss is not None else {}), **live)
         store.add_event(job_id, f"step {step}/{total}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()),
                         type="metrics", data={"step": step, **metrics})
 
@@ -99,10 +102,54 @@ def _train(store: Store, settings, job: dict[str, Any]) -> str:
     def on_save(step: int) -> None:
         store.add_event(job_id, f"checkpoint saved at step {step}", data={"step": step})
 
-    builder = {"sft": sft.build_trainer, "dpo": dpo.build_trainer}[spec.technique]
+    extra: dict[str, Any] = {}
+    saver = common.save_output
+    if rl_technique:
+        from tuneloop.training import rl
+
+        rewards = _reward_engine(store, settings, spec, plan, job_id)
+        extra, saver = {"engine": rewards}, rl.save_output
+        builder = rl.build_trainer
+    else:
+        builder = {"sft": sft.build_trainer, "dpo": dpo.build_trainer}[spec.technique]
+    try:
+        return _run(store, job, spec, plan, work, lora, model_dir, builder, saver, extra, on_metrics, should_stop,
+                    on_save, cancelled, targets)
+    finally:
+        if "engine" in extra:
+            extra["engine"].ctx.close()
+
+
+RL_LIVE = ("reward", "reward_std", "kl", "completions/mean_length", "completions/clipped_ratio", "reward/failed")
+
+
+def _reward_engine(store: Store, settings, spec: JobSpec, plan: Plan, job_id: str):
+    """The job's rewards: its reward (rows' reward_model override it), judge and evaluators;
+    each distinct reward error becomes one event with its traceback."""
+    from tuneloop.rewards.engine import RewardEngine
+    from tuneloop.rewards.functions import RewardContext
+
+    ctx = RewardContext(base_dir=spec.reward_base_dir, judge_model=spec.judge_model,
+                        evaluator_lookup=getattr(store, "get_evaluator_version", None), models_dir=settings.models_dir,
+                        timeout_s=plan.reward_timeout_s or 10.0)
+
+    def on_event(level: str, message: str, data: dict[str, Any]) -> None:
+        store.add_event(job_id, message, level=level, data=data)
+
+    default = spec.reward_function if spec.technique == "rlvr" else spec.reward_prompt
+    return RewardEngine(ctx, default, threshold=plan.reward_failure_threshold if plan.reward_failure_threshold
+                        is not None else 0.2, on_event=on_event)
+
+
+def _run(store: Store, job: dict[str, Any], spec: JobSpec, plan: Plan, work: Path, lora: bool, model_dir: str,
+         builder, saver, extra: dict[str, Any], on_metrics, should_stop, on_save, cancelled: dict[str, bool],
+         targets) -> str:
+    from tuneloop.training import common
+
+    job_id = job["id"]
     trainer, tokenizer = builder(model_dir=model_dir, data_path=work / "data" / "train.jsonl", work_dir=work,
                                  plan=plan, lora=lora, target_modules=targets,
-                                 callbacks=[common.make_callback(on_metrics, should_stop, on_save)])
+                                 callbacks=[common.make_callback(on_metrics, should_stop, on_save)], **extra)
     resume = common.last_checkpoint(work / "checkpoints")
     store.add_event(job_id, f"training started on {plan.device} ({plan.precision}), {plan.total_steps} steps"
                     + (f"; resuming from {Path(resume).name}" if resume else ""),
@@ -120,8 +167,10 @@ def _train(store: Store, settings, job: dict[str, Any]) -> str:
                             if isinstance(v, (int, float)) and k not in ("epoch", "step")})
             break
     metrics["wall_s"] = round(time.monotonic() - started, 2)
+    if "engine" in extra:
+        metrics.update(extra["engine"].summary())
     out_dir = work / "output"
-    output_type = common.save_output(trainer, tokenizer, out_dir, lora)
+    output_type = saver(trainer, tokenizer, out_dir, lora)
     manifest = {
         "job": job_id, "spec": job["spec"], "plan": job["plan"], "base_model": spec.model,
         "base_model_path": model_dir, "output_type": output_type,

@@ -46,6 +46,7 @@ class DataStats:
     rows: int
     mean_tokens: float
     max_tokens: int
+    reference_tokens: int | None = None   # RL: the longest reference answer (answer, ground_truth...) if any
 
 
 CPU_TOKENS_PER_MICROBATCH = 512   # see bench/RESULTS.md: same speed, a fraction of the memory of 8 x max_len
@@ -78,6 +79,16 @@ class Plan:
     est_time_s: float
     group_by_length: bool = False   # fields added later get defaults: old jobs' plans still load
     notes: list[str] = field(default_factory=list)
+    # RL (rlvr, rlaif) only; None otherwise. Batches count completions: global_batch / num_generations
+    # prompts per step, each sampled num_generations times.
+    num_generations: int | None = None
+    max_prompt_length: int | None = None
+    max_response_length: int | None = None
+    temperature: float | None = None
+    kl_coef: float | None = None
+    clip_ratio: float | None = None
+    reward_failure_threshold: float | None = None
+    reward_timeout_s: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -152,6 +163,9 @@ def make_plan(*, technique: str, training_type: str, shape: ModelShape, data: Da
               defaults: dict[str, Any], overrides: dict[str, Any]) -> Plan:
     """Resolve hyperparameters (user > model default) and lay them out on the hardware."""
     hp = {**defaults, **overrides}
+    if technique in RL_TECHNIQUES:
+        return make_rl_plan(technique=technique, training_type=training_type, shape=shape, data=data, hw=hw, hp=hp,
+                            given=set(overrides))
     lora = training_type == "lora"
     max_len = int(hp.get("dataset_max_len", 1024))
     seq = min(max_len, max(8, data.max_tokens))
@@ -208,4 +222,115 @@ def make_plan(*, technique: str, training_type: str, shape: ModelShape, data: Da
                                                     checkpointing, hw.device), 3),
         est_time_s=round(estimate_time_s(shape, technique, lora, tokens, hw, precision), 1),
         notes=notes,
+    )
+
+
+# ---- RL (GRPO) ---------------------------------------------------------------------------------------
+RL_TECHNIQUES = ("rlvr", "rlaif")
+RL_DEFAULTS = {"num_generations": 8, "max_prompt_length": 1024, "max_response_length": 1024, "temperature": 1.0,
+               "kl_loss_coef": 0.001, "clip_ratio": 0.2, "reward_failure_threshold": 0.2, "reward_timeout": 10.0}
+
+
+RL_ONE_THREAD_HIDDEN = 256   # see bench/RESULTS.md "## RL": token-by-token generation of small models
+
+
+def rl_threads(shape: ModelShape, hw: Hardware) -> int:
+    """CPU threads for GRPO. Generation runs one token at a time; on a small model each step is a
+    handful of tiny matmuls, where a second thread only adds synchronisation (and, on a busy
+    machine, waits for a core): one thread is several times faster there (measured)."""
+    if hw.device != "cpu":
+        return 0
+    return 1 if shape.hidden and shape.hidden <= RL_ONE_THREAD_HIDDEN else hw.cpu_cores
+
+
+def make_rl_plan(*, technique: str, training_type: str, shape: ModelShape, data: DataStats, hw: Hardware,
+                 hp: dict[str, Any], given: set[str] | None = None) -> Plan:
+    """GRPO's layout. A step samples `num_generations` completions for each of global_batch /
+    num_generations prompts; the per-device batch counts completions and holds whole groups (a
+    multiple of num_generations), so each group's rewards are normalised together. Prompts are cut
+    to the longest staged prompt when that is shorter than max_prompt_length; completions to four
+    times the longest reference answer plus 16 tokens when the rows carry reference answers and
+    max_response_length was not given (room to answer, not to ramble). On a CPU the
+    micro-batch follows the token budget (never below one group); on a GPU it is as large as the
+    memory estimate allows. Full-rank with a KL penalty keeps a frozen reference copy (counted);
+    LoRA's reference is the model with its adapter switched off (free)."""
+    hp = {**RL_DEFAULTS, **hp}
+    lora = training_type == "lora"
+    notes: list[str] = []
+    gens = int(hp["num_generations"])
+    prompt_len = min(int(hp["max_prompt_length"]), max(8, data.max_tokens))
+    response_len = int(hp["max_response_length"])
+    if data.reference_tokens and "max_response_length" not in (given or set()):
+        planned = min(response_len, 4 * data.reference_tokens + 16)
+        if planned < response_len:
+            notes.append(f"max_response_length {planned}: 4 x the longest reference answer "
+                         f"({data.reference_tokens} tokens) + 16 (set --max-response-length to change it)")
+        response_len = planned
+    seq = prompt_len + response_len
+    epochs = int(hp.get("max_epochs", 1))
+    kl = float(hp["kl_loss_coef"])
+    precision = "fp32" if hw.device == "cpu" else ("bf16" if hw.bf16 else "fp16")
+    world = hw.count if hw.device == "cuda" else 1
+    budget = hw.memory_gb * (0.85 if hw.device == "cuda" else 0.6)
+    requested = int(hp.get("global_batch_size", 8 * gens))
+    unit = gens * world                   # every device holds whole groups
+    global_batch = max(unit, math.ceil(requested / unit) * unit)
+    if global_batch != requested:
+        notes.append(f"global batch {requested} rounded to {global_batch} completions: a multiple of "
+                     f"num_generations ({gens}) x devices ({world})")
+    per_world = global_batch // world
+    choices = [d for d in range(gens, per_world + 1, gens) if per_world % d == 0] or [gens]
+    if hw.device == "cpu":
+        fits = [d for d in choices if d * seq <= max(CPU_TOKENS_PER_MICROBATCH, gens * seq)]
+        per_device = max(fits) if fits else gens
+    else:
+        per_device = max(d for d in choices if d <= 64 * gens)
+    wbytes = 4 if precision == "fp32" else 2
+    ref = shape.parameters * wbytes if (kl > 0 and not lora) else 0
+    # generation holds a KV cache for every completion of the step on this device
+    kv = (global_batch // world) * seq * shape.layers * 2 * shape.hidden * wbytes
+
+    def memory(batch: int, ckpt: bool) -> float:
+        return estimate_memory_gb(shape, technique, lora, batch, seq, precision, ckpt, hw.device) + (ref + kv) / 2**30
+
+    checkpointing = False
+    while memory(per_device, checkpointing) > budget:
+        smaller = [d for d in choices if d < per_device]
+        if smaller:
+            per_device = max(smaller)
+        elif not checkpointing:
+            checkpointing = True
+            notes.append("gradient checkpointing on: one group of completions does not fit without it")
+        else:
+            raise ValidationError(
+                f"This job needs about {memory(per_device, True):.1f} GiB per device; {hw.device} has "
+                f"{budget:.1f} GiB usable.",
+                hint="Use --training-type lora, fewer --num-generations, a smaller --max-response-length, "
+                     "or a machine with more memory.")
+    grad_accum = max(1, global_batch // (per_device * world))
+    effective = per_device * grad_accum * world
+    prompts_per_step = effective // gens
+    steps_per_epoch = max(1, math.ceil(data.rows / prompts_per_step))
+    total = int(hp.get("max_steps") or steps_per_epoch * epochs)
+    save_steps = int(hp.get("save_steps") or max(10, math.ceil(total / 5)))
+    if kl == 0:
+        notes.append("kl_loss_coef 0: no reference model (faster, less memory, no KL to the starting model)")
+    # time: every completion is generated token by token (a forward each) and trained on once
+    tokens = float(effective * total * (data.mean_tokens + response_len))
+    est = estimate_time_s(shape, "sft", lora, tokens, hw, precision) * (2.0 if kl > 0 else 1.5)
+    return Plan(
+        device=hw.device, precision=precision, world_size=world, per_device_batch=per_device,
+        grad_accum=grad_accum, global_batch=effective, gradient_checkpointing=checkpointing, epochs=epochs,
+        steps_per_epoch=steps_per_epoch, total_steps=total, save_steps=save_steps,
+        logging_steps=1 if total <= 200 else max(1, total // 100),
+        learning_rate=float(hp["learning_rate"]), warmup_steps=int(hp.get("warmup_steps", 0)),
+        weight_decay=float(hp.get("weight_decay", 0.0)), max_length=seq,
+        lora_rank=int(hp.get("lora_rank", 16)) if lora else None,
+        lora_alpha=int(hp.get("lora_alpha", 32)) if lora else None, beta=None,
+        seed=int(hp.get("seed", 42)), threads=rl_threads(shape, hw),
+        est_peak_memory_gb=round(memory(per_device, checkpointing), 3), est_time_s=round(est, 1), notes=notes,
+        num_generations=gens, max_prompt_length=prompt_len, max_response_length=response_len,
+        temperature=float(hp["temperature"]), kl_coef=kl, clip_ratio=float(hp["clip_ratio"]),
+        reward_failure_threshold=float(hp["reward_failure_threshold"]),
+        reward_timeout_s=float(hp["reward_timeout"]),
     )
