@@ -1,7 +1,8 @@
 """tuneloop demo (run by `make demo`): the whole loop on the built-in default model.
 
 Shows the base model's answers, runs SFT (LoRA) on a bundled set, shows the tuned answers, runs
-DPO on a bundled preference set, serves the SFT adapter with `tuneloop serve` and asks it through
+DPO on a bundled preference set, runs RLVR (GRPO) on a verifiable task after a short SFT warm start
+(exact match on held-out prompts before/after), serves the SFT adapter with `tuneloop serve` and asks it through
 the official openai client, and prints a summary: loss, exact match before/after, preference
 accuracy before/after. Jobs go through the same service and runner processes as `tuneloop tune`,
 in project `demo` of your TUNELOOP_HOME.
@@ -94,7 +95,10 @@ def _demo(console: Console, svc) -> int:
     dpo_model, tok = load_for_eval(base_dir, dpo_job["output_path"])
     pref_after, _ = preference_accuracy(dpo_model, tok, dpo_rows)
 
-    console.rule("[bold]4. Serve the SFT adapter (OpenAI-compatible) and ask it through the openai client")
+    console.rule("[bold]4. RLVR (GRPO, LoRA) on a verifiable task: copy the colour word, reward builtin:exact_match")
+    rl_before, rl_after, rl_job = _rlvr_stage(console, svc, base_dir)
+
+    console.rule("[bold]5. Serve the SFT adapter (OpenAI-compatible) and ask it through the openai client")
     served_before, served_after = _serve_stage(console, svc, prompts[:6], refs[:6])
 
     console.rule("[bold]Summary")
@@ -105,14 +109,67 @@ def _demo(console: Console, svc) -> int:
     summary.add_row("SFT", "train loss (mean / last step)", "-", f"{sm.get('train_loss', 0):.3f} / {sm.get('final_loss', 0):.3f}")
     summary.add_row("SFT", "exact match, trained prompts", f"{em_before:.0%}", f"{em_after:.0%}")
     summary.add_row("DPO", "preference accuracy, log p(chosen) > log p(rejected)", f"{pref_before:.0%}", f"{pref_after:.0%}")
+    summary.add_row("RLVR", "exact match, 64 held-out prompts (warm start -> RLVR)", f"{rl_before:.0%}",
+                    f"{rl_after:.0%}")
     summary.add_row("Serve", "exact match through /v1/chat/completions (base / tuned-sft)", f"{served_before:.0%}",
                     f"{served_after:.0%}")
     console.print(summary)
     console.print(f"Done in {time.monotonic() - started:.0f} s. Outputs:\n  SFT adapter  {sft_job['output_path']}\n"
                   f"  DPO adapter  {dpo_job['output_path']}\n"
+                  f"  RLVR adapter {rl_job['output_path']}\n"
                   f"Inspect: tuneloop status --project {PROJECT} | tuneloop registry list --project {PROJECT} | "
                   f"tuneloop config --project {PROJECT}")
     return 0
+
+
+def _rlvr_stage(console: Console, svc, base_dir: str) -> tuple[float, float, dict]:
+    """A short SFT teaches the answer format on 8 examples (project demo-warmstart, so the demo's
+    SFT adapter stays the one served); RLVR continues from that adapter on 128 other prompts with
+    a verifiable reward; exact match on 64 held-out prompts before and after."""
+    from tuneloop.cli.follow import follow
+    from tuneloop.errors import JobFailedError
+    from tuneloop.evaluation.quick import exact_match, generate, load_for_eval
+    from tuneloop.service.jobs import TuneRequest
+
+    held = _rows(_data("rlvr_heldout.jsonl"))
+    prompts, refs = [r["prompt"][0]["content"] for r in held], [r["answer"] for r in held]
+    jobs = {}
+    for technique, request in (
+        ("sft", TuneRequest(technique="sft", dataset=str(_data("rlvr_warmstart.jsonl")), project=f"{PROJECT}-warmstart",
+                            hyperparameters={"max_steps": 12})),
+        ("rlvr", None),
+    ):
+        if request is None:
+            request = TuneRequest(technique="rlvr", dataset=str(_data("rlvr.jsonl")), project=PROJECT,
+                                  model=jobs["sft"]["output_path"], reward_function="builtin:exact_match",
+                                  hyperparameters={"max_steps": 30})
+        prep = svc.prepare(request)
+        p = prep.plan
+        what = (f"{p.num_generations} completions x {p.global_batch // p.num_generations} prompts per step, "
+                f"completions <= {p.max_response_length} tokens, kl {p.kl_coef:g}" if p.num_generations
+                else f"batch {p.per_device_batch}x{p.grad_accum}")
+        console.print(f"  {technique}: {p.total_steps} steps, lr {p.learning_rate:g}, {what}")
+        job = svc.submit(prep, force=True).job
+        job = follow(svc, job["id"])
+        if job["state"] != "completed":
+            raise JobFailedError(f"Demo {technique} job {job['state']}: {job['error']}",
+                                 hint=f"See: tuneloop logs {job['id']} --project {request.project}")
+        jobs[technique] = job
+        if technique == "sft":
+            model, tok = load_for_eval(base_dir, job["output_path"])
+            before_answers = generate(model, tok, prompts, max_new_tokens=8)
+    model, tok = load_for_eval(base_dir, jobs["rlvr"]["output_path"])
+    after_answers = generate(model, tok, prompts, max_new_tokens=8)
+    table = Table(title="Held-out prompts (greedy)", title_justify="left")
+    for col in ("prompt", "expected", "warm start", "after RLVR"):
+        table.add_column(col, overflow="fold")
+    for p_, r, b, a in list(zip(prompts, refs, before_answers, after_answers))[:8]:
+        table.add_row(p_, r, ("✅ " if b.strip() == r else "❌ ") + b, ("✅ " if a.strip() == r else "❌ ") + a)
+    console.print(table)
+    m = jobs["rlvr"]["metrics"] or {}
+    console.print(f"  last step: reward {m.get('final_reward', 0):.2f} ± {m.get('final_reward_std', 0):.2f}, "
+                  f"kl {m.get('final_kl', 0):.3g}; {m.get('reward_samples', 0)} completions scored")
+    return exact_match(before_answers, refs), exact_match(after_answers, refs), jobs["rlvr"]
 
 
 def _serve_stage(console: Console, svc, prompts: list[str], refs: list[str]) -> tuple[float, float]:
