@@ -231,18 +231,6 @@ RL_DEFAULTS = {"num_generations": 8, "max_prompt_length": 1024, "max_response_le
                "kl_loss_coef": 0.001, "clip_ratio": 0.2, "reward_failure_threshold": 0.2, "reward_timeout": 10.0}
 
 
-RL_ONE_THREAD_HIDDEN = 256   # see bench/RESULTS.md "## RL": token-by-token generation of small models
-
-
-def rl_threads(shape: ModelShape, hw: Hardware) -> int:
-    """CPU threads for GRPO. Generation runs one token at a time; on a small model each step is a
-    handful of tiny matmuls, where a second thread only adds synchronisation (and, on a busy
-    machine, waits for a core): one thread is several times faster there (measured)."""
-    if hw.device != "cpu":
-        return 0
-    return 1 if shape.hidden and shape.hidden <= RL_ONE_THREAD_HIDDEN else hw.cpu_cores
-
-
 def make_rl_plan(*, technique: str, training_type: str, shape: ModelShape, data: DataStats, hw: Hardware,
                  hp: dict[str, Any], given: set[str] | None = None) -> Plan:
     """GRPO's layout. A step samples `num_generations` completions for each of global_batch /
@@ -327,7 +315,7 @@ def make_rl_plan(*, technique: str, training_type: str, shape: ModelShape, data:
         weight_decay=float(hp.get("weight_decay", 0.0)), max_length=seq,
         lora_rank=int(hp.get("lora_rank", 16)) if lora else None,
         lora_alpha=int(hp.get("lora_alpha", 32)) if lora else None, beta=None,
-        seed=int(hp.get("seed", 42)), threads=rl_threads(shape, hw),
+        seed=int(hp.get("seed", 42)), threads=hw.cpu_cores if hw.device == "cpu" else 0,
         est_peak_memory_gb=round(memory(per_device, checkpointing), 3), est_time_s=round(est, 1), notes=notes,
         num_generations=gens, max_prompt_length=prompt_len, max_response_length=response_len,
         temperature=float(hp["temperature"]), kl_coef=kl, clip_ratio=float(hp["clip_ratio"]),
