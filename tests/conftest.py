@@ -15,6 +15,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 os.environ.pop("TUNELOOP_PROJECT", None)
 os.environ.pop("TUNELOOP_DATABASE_URL", None)
+os.environ.pop("MLFLOW_TRACKING_URI", None)   # tracking is off unless a test turns it on
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_DATA = REPO / "src" / "tuneloop" / "demo_data"

@@ -107,11 +107,16 @@ class _Trainer:
                  model_package_group: str | None = None, training_dataset: str | None = None,
                  validation_dataset: str | None = None, *, project: str | None = None,
                  hyperparameters: dict[str, Any] | None = None, accept_eula: bool = False,
-                 column_map: str | None = None, output_path: str | None = None, **kwargs: Any):
+                 column_map: str | None = None, output_path: str | None = None, mlflow_uri: str | None = None,
+                 mlflow_experiment_name: str | None = None, mlflow_run_name: str | None = None, **kwargs: Any):
         from tuneloop.errors import ValidationError
 
         model_package_group = model_package_group or kwargs.pop("model_package_group_name", None)
         output_path = output_path or kwargs.pop("s3_output_path", None)
+        # SageMaker's names: mlflow_resource_arn (here: a tracking URI), mlflow_experiment_name, mlflow_run_name
+        self.mlflow_uri = mlflow_uri or kwargs.pop("mlflow_resource_arn", None)
+        self.mlflow_experiment_name = mlflow_experiment_name or kwargs.pop("mlflow_experiment", None)
+        self.mlflow_run_name = mlflow_run_name
         if kwargs:
             raise ValidationError(f"Unknown argument(s) for {type(self).__name__}: {', '.join(sorted(kwargs))}.",
                                   param=next(iter(kwargs)))
@@ -145,7 +150,8 @@ class _Trainer:
                           validation_dataset=validation,
                           column_map=self.column_map, output_uri=self.output_path,
                           model_package_group=self.model_package_group, accept_eula=self.accept_eula,
-                          **self._reward_request())
+                          mlflow_uri=self.mlflow_uri, mlflow_experiment=self.mlflow_experiment_name,
+                          mlflow_run_name=self.mlflow_run_name, **self._reward_request())
         outcome = service.submit(service.prepare(req), force=force)
         job = TrainingJob(outcome.job["id"], service)
         return job.wait() if wait else job

@@ -125,6 +125,9 @@ class JobSpec:
     accept_eula: bool = False
     judge_model: str | None = None          # RLAIF judge: catalog/built-in id, folder, openai:MODEL@URL
     reward_base_dir: str | None = None      # where relative reward paths and modules resolve (submit's cwd)
+    mlflow_uri: str | None = None           # MLflow tracking URI (--mlflow-uri, else MLFLOW_TRACKING_URI at submit)
+    mlflow_experiment: str | None = None    # default: tuneloop-<project>
+    mlflow_run_name: str | None = None      # default: the job name
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)

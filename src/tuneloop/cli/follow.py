@@ -83,6 +83,10 @@ def render_result(svc, job: dict[str, Any]) -> None:
                                      "train_runtime") if k in metrics}
     if shown:
         print("   " + ", ".join(f"{k}={v:.4g}" for k, v in shown.items()))
+    tracked = svc.store.list_events(job["id"], type="tracking")
+    if tracked:
+        print(f"   MLflow run: {tracked[-1]['data']['mlflow_url']}")
+    print(f"   Curves: tuneloop metrics {job['id']} --plot {job['id']}.png")
     t = job["technique"]
     print("\nNext steps:")
     if job["output_type"] == "adapter":

@@ -95,3 +95,46 @@ def cancel(job: str = typer.Argument(..., help="Job name, or a technique for its
         print(f"Cancel requested for {row['id']}; it stops at its next step.")
     else:
         print(f"{row['id']} is {row['state']}.", file=sys.stderr if row["state"] != "cancelled" else sys.stdout)
+
+
+@handle_errors
+def metrics(job: str = typer.Argument(..., help="Job name, or a technique for its latest job."),
+            plot: Optional[str] = typer.Option(None, "--plot", help="Write the curves to this PNG file."),
+            project: Optional[str] = typer.Option(None, "--project", envvar="TUNELOOP_PROJECT"),
+            as_json: bool = typer.Option(False, "--json", help="Every recorded series as JSON.")) -> None:
+    """A job's curves: loss or reward, learning rate and the technique's metrics, per step."""
+    from pathlib import Path
+
+    from tuneloop.curves import panels, series
+    from tuneloop.errors import ValidationError
+
+    svc = service()
+    row = svc.resolve_job(job, project)
+    curves = series(svc.store.list_events(row["id"], type="metrics"))
+    if not curves:
+        raise ValidationError(f"Job {row['id']} has no metrics yet (it is {row['state']}, step {row['step']}).",
+                              hint=f"Metrics arrive every logging step; follow it with: tuneloop logs {row['id']} -f",
+                              param="job")
+    drawn = None
+    if plot:
+        from tuneloop.curves import plot as draw
+
+        drawn = draw(curves, Path(plot), f"{row['id']} ({row['technique']}, {row['training_type']}, {row['state']})")
+    if as_json:
+        return print_json({"job": row["id"], "state": row["state"], "plot": plot, "panels": drawn,
+                           "series": {k: [{"step": s, "value": v} for s, v in pts] for k, pts in curves.items()}})
+    names = panels(curves)
+    table = Table(title=f"{row['id']} metrics per step", title_justify="left")
+    table.add_column("step", justify="right")
+    for n in names:
+        table.add_column(n, justify="right")
+    steps = sorted({s for n in names for s, _ in curves[n]})
+    if len(steps) > 40:  # the first, the last and evenly spread steps between
+        keep = {steps[round(i * (len(steps) - 1) / 39)] for i in range(40)}
+        steps = [s for s in steps if s in keep]
+    values = {n: dict(curves[n]) for n in names}
+    for s in steps:
+        table.add_row(str(s), *[f"{values[n][s]:.4g}" if s in values[n] else "" for n in names])
+    console().print(table)
+    if plot:
+        print(f"Curves ({', '.join(drawn)}) written to {plot}")

@@ -47,6 +47,11 @@ def tune(
     clip_ratio: Optional[float] = typer.Option(None, "--clip-ratio", help="clip_ratio (RL): ratio clipping"),
     skip_reward_validation: bool = typer.Option(False, "--skip-reward-validation",
                                                 help="RL: do not run the rewards on sample rows before submitting."),
+    mlflow_uri: Optional[str] = typer.Option(None, "--mlflow-uri", help="MLflow tracking URI "
+                                             "[default: $MLFLOW_TRACKING_URI; neither: tracking off]."),
+    mlflow_experiment: Optional[str] = typer.Option(None, "--mlflow-experiment",
+                                                    help="MLflow experiment [default: tuneloop-<project>]."),
+    mlflow_run_name: Optional[str] = typer.Option(None, "--mlflow-run-name", help="MLflow run name [default: the job]."),
     column_map: Optional[str] = typer.Option(None, "--column-map", help='Rename columns: "input:prompt,output:completion" or "prompt=question".'),
     no_transform: bool = typer.Option(False, "--no-transform", help="Halt instead of flattening chat-format columns."),
     validation_dataset: Optional[str] = typer.Option(None, "--validation-dataset", help="Validation data (same format)."),
@@ -92,7 +97,8 @@ def tune(
         validation_dataset=validation_dataset, validation_split=validation_split, column_map=column_map,
         no_transform=no_transform, take=take,
         output_uri=output_bucket, reward_function=reward_function, reward_prompt=reward_prompt,
-        accept_eula=accept_eula, judge_model=judge_model, skip_reward_validation=skip_reward_validation)
+        accept_eula=accept_eula, judge_model=judge_model, skip_reward_validation=skip_reward_validation,
+        mlflow_uri=mlflow_uri, mlflow_experiment=mlflow_experiment, mlflow_run_name=mlflow_run_name)
     prep = svc.prepare(req)
     for note in prep.notes:
         print(note, file=sys.stderr)

@@ -56,6 +56,9 @@ class TuneRequest:
     validation_split: float | None = None   # carve this share of the rows out as validation data
     judge_model: str | None = None          # RLAIF judge (default: the job's base model)
     skip_reward_validation: bool = False    # RL: do not run the rewards on sample rows before submitting
+    mlflow_uri: str | None = None           # else MLFLOW_TRACKING_URI; neither: tracking is off
+    mlflow_experiment: str | None = None
+    mlflow_run_name: str | None = None
 
 
 @dataclass
@@ -124,6 +127,10 @@ class JobService:
                 hint="Read the model's licence on its Hugging Face page, then re-run with --accept-eula.",
                 param="accept_eula")
         overrides = check_hyperparameters(req.hyperparameters, training_type, technique)
+        mlflow_uri = req.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI") or None
+        if mlflow_uri is None and (req.mlflow_experiment or req.mlflow_run_name):
+            raise ValidationError("--mlflow-experiment / --mlflow-run-name need an MLflow tracking server.",
+                                  hint="Pass --mlflow-uri URI or set MLFLOW_TRACKING_URI.", param="mlflow_uri")
         staging = self.settings.home / "staging" / uuid.uuid4().hex
         try:
             staged, validation = self._stage(req, technique, staging, overrides)
@@ -135,7 +142,13 @@ class JobService:
                        validation_dataset=req.validation_dataset, column_map=req.column_map,
                        no_transform=req.no_transform, take=req.take, output_uri=req.output_uri,
                        model_package_group=req.model_package_group, reward_function=req.reward_function,
-                       reward_prompt=req.reward_prompt, accept_eula=req.accept_eula)
+                       reward_prompt=req.reward_prompt, accept_eula=req.accept_eula,
+                       mlflow_uri=mlflow_uri,
+                       mlflow_experiment=req.mlflow_experiment, mlflow_run_name=req.mlflow_run_name)
+        from tuneloop.tracking import OFF_MESSAGE
+
+        notes.append(f"ℹ️  MLflow tracking: experiment {req.mlflow_experiment or f'tuneloop-{project}'} at {mlflow_uri}"
+                     if mlflow_uri else OFF_MESSAGE)
         if rl:
             spec.reward_base_dir = str(Path.cwd())
             spec.judge_model = req.judge_model or (model.entry.id if model.entry else model.base_path or model.id)

@@ -61,17 +61,32 @@ def run_job(store: Store, job_id: str, expect_pid: int | None = None) -> str:
         return job["state"]
     heartbeat = Heartbeat(store, job_id)
     heartbeat.start()
+    tracker = _tracker(store, job)
     try:
-        return _train(store, settings, job)
+        state = _train(store, settings, job, tracker)
+        tracker.finish("FINISHED" if state == "completed" else "KILLED",
+                       Path(job["job_dir"]) / "output" if state == "completed" else None)
+        return state
     except Exception as e:  # the job fails with its reason; the traceback goes to the events
         store.add_event(job_id, f"job failed: {e}", level="error", data={"traceback": traceback.format_exc()})
         _finish(store, job_id, state="failed", error=f"{type(e).__name__}: {e}")
+        tracker.finish("FAILED")
         return "failed"
     finally:
         heartbeat.stopped.set()
 
 
-def _train(store: Store, settings, job: dict[str, Any]) -> str:
+def _tracker(store: Store, job: dict[str, Any]):
+    from tuneloop.tracking import open_tracker
+
+    def on_event(level: str, message: str, data: dict[str, Any]) -> None:
+        store.add_event(job["id"], message, level=level, type="tracking" if "mlflow_url" in data else "message",
+                        data=data or None)
+
+    return open_tracker(JobSpec.from_dict(job["spec"]), job, on_event)
+
+
+def _train(store: Store, settings, job: dict[str, Any], tracker) -> str:
     from tuneloop.training import common, dpo, sft
 
     job_id = job["id"]
@@ -93,6 +108,7 @@ def _train(store: Store, settings, job: dict[str, Any]) -> str:
         store.update_job(job_id, step=step, total_steps=total, **({"loss": loss} if loss is not None else {}), **live)
         store.add_event(job_id, f"step {step}/{total}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()),
                         type="metrics", data={"step": step, **metrics})
+        tracker.log_metrics(step, metrics)
 
     def should_stop() -> bool:
         current = store.get_job(job_id)
@@ -114,7 +130,7 @@ def _train(store: Store, settings, job: dict[str, Any]) -> str:
         builder = {"sft": sft.build_trainer, "dpo": dpo.build_trainer}[spec.technique]
     try:
         return _run(store, job, spec, plan, work, lora, model_dir, builder, saver, extra, on_metrics, should_stop,
-                    on_save, cancelled, targets)
+                    on_save, cancelled, targets, tracker)
     finally:
         if "engine" in extra:
             extra["engine"].ctx.close()
@@ -143,7 +159,7 @@ def _reward_engine(store: Store, settings, spec: JobSpec, plan: Plan, job_id: st
 
 def _run(store: Store, job: dict[str, Any], spec: JobSpec, plan: Plan, work: Path, lora: bool, model_dir: str,
          builder, saver, extra: dict[str, Any], on_metrics, should_stop, on_save, cancelled: dict[str, bool],
-         targets) -> str:
+         targets, tracker) -> str:
     from tuneloop.training import common
 
     job_id = job["id"]
@@ -169,6 +185,7 @@ def _run(store: Store, job: dict[str, Any], spec: JobSpec, plan: Plan, work: Pat
     metrics["wall_s"] = round(time.monotonic() - started, 2)
     if "engine" in extra:
         metrics.update(extra["engine"].summary())
+    tracker.log_metrics(trainer.state.global_step, {k: v for k, v in metrics.items() if not k.startswith("final_")})
     out_dir = work / "output"
     output_type = saver(trainer, tokenizer, out_dir, lora)
     manifest = {
