@@ -37,9 +37,17 @@ def registry_list(group: Optional[str] = typer.Option(None, "--group", help="Onl
     if as_json:
         return print_json(packages)
     table = Table(title="Registered models", title_justify="left")
-    for col in ("group", "version", "technique", "type", "base model", "dataset sha256", "job"):
-        table.add_column(col, no_wrap=True)
+    for col in ("group", "version", "technique", "type", "base model", "dataset sha256", "validation", "job"):
+        table.add_column(col, no_wrap=col != "validation")
     for p in packages:
         table.add_row(p["group_name"], str(p["version"]), p["technique"], p["output_type"], p["base_model"],
-                      p["dataset_sha256"][:12], p["job_id"])
+                      p["dataset_sha256"][:12], _validation(p.get("metrics") or {}), p["job_id"])
     console().print(table)
+
+
+def _validation(metrics: dict) -> str:
+    """The auto-evaluation on validation data, if the job had any: '-' otherwise."""
+    names = (("eval_loss", "loss"), ("eval_perplexity", "ppl"), ("eval_exact_match", "EM"),
+             ("eval_rewards/accuracies", "pref acc"), ("eval_rewards/margins", "margin"))
+    parts = [f"{label} {metrics[k]:.3g}" for k, label in names if isinstance(metrics.get(k), (int, float))]
+    return ", ".join(parts) or "-"

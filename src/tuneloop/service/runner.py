@@ -163,6 +163,9 @@ def _run(store: Store, job: dict[str, Any], spec: JobSpec, plan: Plan, work: Pat
     from tuneloop.training import common
 
     job_id = job["id"]
+    validation = work / "data" / "validation.jsonl"
+    if spec.technique in ("sft", "dpo") and validation.is_file():
+        extra = {**extra, "eval_path": validation}
     trainer, tokenizer = builder(model_dir=model_dir, data_path=work / "data" / "train.jsonl", work_dir=work,
                                  plan=plan, lora=lora, target_modules=targets,
                                  callbacks=[common.make_callback(on_metrics, should_stop, on_save)], **extra)
@@ -183,6 +186,13 @@ def _run(store: Store, job: dict[str, Any], spec: JobSpec, plan: Plan, work: Pat
                             if isinstance(v, (int, float)) and k not in ("epoch", "step")})
             break
     metrics["wall_s"] = round(time.monotonic() - started, 2)
+    if "eval_path" in extra:
+        from tuneloop.evaluation.auto import evaluate_validation
+
+        scores = evaluate_validation(trainer, tokenizer, spec.technique, validation)
+        metrics.update(scores)
+        store.add_event(job_id, "validation: " + ", ".join(f"{k}={v:.4g}" for k, v in scores.items()),
+                        type="evaluation", data=scores)
     if "engine" in extra:
         metrics.update(extra["engine"].summary())
     tracker.log_metrics(trainer.state.global_step, {k: v for k, v in metrics.items() if not k.startswith("final_")})

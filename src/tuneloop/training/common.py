@@ -60,6 +60,7 @@ def training_kwargs(plan: Plan, output_dir: Path) -> dict[str, Any]:
     return dict(
         output_dir=str(output_dir),
         per_device_train_batch_size=plan.per_device_batch,
+        per_device_eval_batch_size=plan.per_device_batch,
         gradient_accumulation_steps=plan.grad_accum,
         max_steps=plan.total_steps,
         learning_rate=plan.learning_rate,

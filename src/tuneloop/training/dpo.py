@@ -21,7 +21,7 @@ def to_conversational(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_trainer(*, model_dir: str, data_path: Path, work_dir: Path, plan: Plan, lora: bool,
-                  target_modules: list[str] | None, callbacks: list) -> tuple[Any, Any]:
+                  target_modules: list[str] | None, callbacks: list, eval_path: Path | None = None) -> tuple[Any, Any]:
     from trl import DPOConfig, DPOTrainer
 
     common.set_threads(plan)
@@ -29,6 +29,11 @@ def build_trainer(*, model_dir: str, data_path: Path, work_dir: Path, plan: Plan
     dataset = common.load_staged(data_path, work_dir / "cache")
     if common.has_chat_template(tokenizer):
         dataset = dataset.map(to_conversational, remove_columns=dataset.column_names)
+    eval_dataset = None
+    if eval_path is not None:  # validation pairs, prepared the same way; evaluated once at the end
+        eval_dataset = common.load_staged(eval_path, work_dir / "cache")
+        if common.has_chat_template(tokenizer):
+            eval_dataset = eval_dataset.map(to_conversational, remove_columns=eval_dataset.column_names)
     config = DPOConfig(
         **common.training_kwargs(plan, work_dir / "checkpoints"),
         beta=plan.beta,
@@ -38,6 +43,7 @@ def build_trainer(*, model_dir: str, data_path: Path, work_dir: Path, plan: Plan
         model=common.load_model(model_dir, plan, lora),
         args=config,
         train_dataset=dataset,
+        eval_dataset=eval_dataset,
         processing_class=tokenizer,
         peft_config=common.lora_config(plan, target_modules) if lora else None,
         callbacks=callbacks,

@@ -1,0 +1,48 @@
+"""Auto-evaluation: a tune job with validation data (`--validation-dataset` or
+`--validation-split`) evaluates its trained model on it once, at the end of training.
+
+SFT: loss and perplexity on the validation completions (the tokens the training loss covers:
+assistant turns), token accuracy, and greedy exact match on up to 64 prompt/completion rows.
+DPO: loss, preference accuracy (the share of pairs whose implicit reward prefers chosen) and the
+mean reward margin. The numbers go into the job's metrics (`eval_*`), its manifest, MLflow, and
+the registered version (`tuneloop registry list`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+KEEP = {"sft": ("eval_loss", "eval_mean_token_accuracy"),
+        "dpo": ("eval_loss", "eval_rewards/accuracies", "eval_rewards/margins")}
+MAX_GENERATE = 64
+
+
+def evaluate_validation(trainer, tokenizer, technique: str, eval_path: Path) -> dict[str, float]:
+    raw = trainer.evaluate()
+    out = {k: float(raw[k]) for k in KEEP.get(technique, ()) if isinstance(raw.get(k), (int, float))}
+    out["eval_rows"] = float(sum(1 for line in open(eval_path, encoding="utf-8") if line.strip()))
+    if technique == "sft" and "eval_loss" in out:
+        out["eval_perplexity"] = math.exp(min(out["eval_loss"], 50.0))
+        rows = [r for r in _rows(eval_path) if isinstance(r.get("prompt"), str) and isinstance(r.get("completion"), str)]
+        rows = rows[:MAX_GENERATE]
+        if rows:
+            from tuneloop.evaluation.quick import exact_match, generate
+
+            longest = max(len(tokenizer(r["completion"], add_special_tokens=False)["input_ids"]) for r in rows)
+            model = trainer.model
+            was_training = model.training
+            model.eval()
+            try:
+                answers = generate(model, tokenizer, [r["prompt"] for r in rows], max_new_tokens=longest + 4)
+            finally:
+                model.train(was_training)
+            out["eval_exact_match"] = exact_match(answers, [r["completion"] for r in rows])
+            out["eval_exact_match_rows"] = float(len(rows))
+    return out
+
+
+def _rows(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in open(path, encoding="utf-8") if line.strip()]
