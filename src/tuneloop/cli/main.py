@@ -9,7 +9,7 @@ import typer
 
 from tuneloop.cli import catalog, jobs, state, tune
 from tuneloop.cli import datasets
-from tuneloop.cli import evaluators
+from tuneloop.cli import evaluate, evaluators
 from tuneloop.cli import deploy, serve
 
 app = typer.Typer(name="tuneloop", help="Self-hosted model customization: tune -> adapter -> deploy -> test.",
@@ -20,6 +20,7 @@ app.command("status")(jobs.status)
 app.command("logs")(jobs.logs)
 app.command("cancel")(jobs.cancel)
 app.command("metrics")(jobs.metrics)
+app.command("eval")(evaluate.eval_)
 app.command("config")(state.config)
 app.add_typer(state.registry_app, name="registry")
 app.add_typer(datasets.app, name="datasets")

@@ -1,0 +1,57 @@
+"""tuneloop eval --model REF --dataset SRC [--technique T] [--evaluator REF ...] [--judge REF]
+[--compare-base] [--output DIR] [--json]: evaluate a model and write results.json, report.md and
+metrics.png."""
+
+from __future__ import annotations
+
+import sys
+from typing import List, Optional
+
+import typer
+
+from tuneloop.cli.common import console, handle_errors, print_json
+
+
+@handle_errors
+def eval_(model: str = typer.Option(..., "--model", help="A job (name, or a technique for its latest), GROUP@vN, "
+                                    "an adapter or model folder, or a catalog / built-in model."),
+          dataset: str = typer.Option(..., "--dataset", help="Evaluation data (any source `tune` takes)."),
+          technique: Optional[str] = typer.Option(None, "--technique", help="sft | dpo | rlvr [default: from the "
+                                                  "data]"),
+          evaluator: Optional[List[str]] = typer.Option(None, "--evaluator", help="Reward function, grader, "
+                                                        "evaluator NAME[@vN] or reward prompt (Builtin.Correctness, "
+                                                        "...); repeatable."),
+          judge: Optional[str] = typer.Option(None, "--judge", help="Judge for reward prompts and the pairwise win "
+                                              "rate: a model or openai:MODEL@BASE_URL."),
+          compare_base: bool = typer.Option(False, "--compare-base", help="Evaluate the base model too (and, with "
+                                            "--judge, compare answers pairwise)."),
+          output: Optional[str] = typer.Option(None, "--output", help="Folder for results.json, report.md, "
+                                               "metrics.png [default: TUNELOOP_HOME/projects/P/evals/eval-TIME]."),
+          samples: Optional[int] = typer.Option(None, "--samples", min=1, help="Evaluate the first N rows."),
+          max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=1, help="Tokens per generated answer."),
+          beta: float = typer.Option(0.1, "--beta", help="DPO beta for the implicit reward margin."),
+          column_map: Optional[str] = typer.Option(None, "--column-map"),
+          project: Optional[str] = typer.Option(None, "--project", envvar="TUNELOOP_PROJECT"),
+          as_json: bool = typer.Option(False, "--json")) -> None:
+    """Evaluate a model: SFT loss, perplexity, token accuracy and exact match; DPO preference
+    accuracy and margins; mean reward under evaluators; judge scores and win rate against the base."""
+    from tuneloop.evaluation.run import EvalRequest, evaluate
+
+    req = EvalRequest(model=model, dataset=dataset, technique=technique, evaluators=list(evaluator or []),
+                      judge=judge, compare_base=compare_base, output=output, samples=samples,
+                      max_new_tokens=max_new_tokens, beta=beta, project=project, column_map=column_map)
+    result = evaluate(req, on_progress=lambda m: print(m, file=sys.stderr))
+    if as_json:
+        return print_json(result)
+    from rich.table import Table
+
+    table = Table(title=f"{result['model_ref']}: {result['technique']} evaluation on {result['rows']} rows",
+                  title_justify="left")
+    base = result.get("base") or {}
+    for col in ("metric", "model") + (("base",) if base else ()):
+        table.add_column(col, justify="right" if col != "metric" else "left")
+    for k, v in result["model"].items():
+        row = [k, f"{v:.4g}"] + ([f"{base[k]:.4g}" if k in base else ""] if base else [])
+        table.add_row(*row)
+    console().print(table)
+    print(f"Report: {result['output']}/report.md (results.json, metrics.png beside it)")

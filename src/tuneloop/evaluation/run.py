@@ -1,0 +1,375 @@
+"""tuneloop eval: evaluate a model on a dataset, optionally against its base model.
+
+    result = evaluate(EvalRequest(model="sft", dataset="val.jsonl", compare_base=True))
+    result["model"]["loss"], result["base"]["loss"]
+
+The model is a job (its name, or a technique for the project's latest), a registered version
+(`GROUP@vN`), an adapter or model folder, or a catalog / built-in model. The technique follows the
+data unless given: preference pairs -> DPO metrics, prompt/completion or messages -> SFT metrics,
+prompt-only rows or `--evaluator` -> generated answers scored by the evaluators (reward functions,
+graders, reward prompts answered by `--judge`). With `--compare-base` and `--judge`, the judge also
+compares the model's and the base model's answers pairwise (both orders) for a win rate.
+Everything goes to OUTPUT: results.json, report.md and metrics.png.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tuneloop.errors import ValidationError
+
+TECHNIQUES = ("sft", "dpo", "rlvr")
+
+
+@dataclass
+class EvalRequest:
+    model: str
+    dataset: str
+    technique: str | None = None
+    evaluators: list[str] = field(default_factory=list)
+    judge: str | None = None
+    compare_base: bool = False
+    output: str | None = None
+    samples: int | None = None
+    max_new_tokens: int = 64
+    beta: float = 0.1
+    project: str | None = None
+    column_map: str | None = None
+
+
+@dataclass
+class EvalModel:
+    name: str
+    base: str                 # a model folder or Hub id
+    adapter: str | None       # an adapter folder on top of base, or None
+
+
+def resolve_eval_model(ref: str, project: str | None = None) -> EvalModel:
+    """A folder, a job or technique, GROUP@vN, or a catalog / built-in id."""
+    folder = Path(ref).expanduser()
+    if folder.is_dir():
+        return _from_folder(folder, ref)
+    from tuneloop.settings import load_settings, resolve_project
+    from tuneloop.store import open_store
+
+    settings = load_settings()
+    store = open_store(settings.database_url)
+    if "@v" in ref:
+        group, _, version = ref.rpartition("@v")
+        rows = [p for p in store.list_packages(group=group) if str(p["version"]) == version]
+        if not rows:
+            raise ValidationError(f"No registered version {ref!r}.", hint="List them with: tuneloop registry list",
+                                  param="model")
+        return _from_folder(Path(rows[0]["output_path"]), ref)
+    job = store.latest_job(resolve_project(project), ref.lower()) if ref.lower() in ("sft", "dpo", "rlvr", "rlaif") \
+        else store.get_job(ref)
+    if job is not None:
+        if job["state"] != "completed" or not job["output_path"]:
+            raise ValidationError(f"Job {job['id']} is {job['state']}; only a completed job's output can be evaluated.",
+                                  param="model")
+        return _from_folder(Path(job["output_path"]), job["id"])
+    from tuneloop.catalog import load_catalog
+
+    entry = load_catalog().get(ref)
+    if entry is None:
+        raise ValidationError(f"Model {ref!r} is not a folder, a job, a registered version (GROUP@vN) or a catalog "
+                              "model.", hint="See: tuneloop status | tuneloop registry list | tuneloop models",
+                              param="model")
+    if entry.builtin:
+        from tuneloop.models.builtin import ensure_builtin
+
+        return EvalModel(entry.id, str(ensure_builtin(entry.id, settings.models_dir)), None)
+    return EvalModel(entry.id, entry.hf_id or entry.id, None)
+
+
+def _from_folder(folder: Path, name: str) -> EvalModel:
+    if (folder / "adapter_config.json").is_file():
+        base = json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        return EvalModel(name, str(base), str(folder.resolve()))
+    if (folder / "config.json").is_file():
+        return EvalModel(name, str(folder.resolve()), None)
+    raise ValidationError(f"{folder} is neither a model folder (config.json) nor an adapter (adapter_config.json).",
+                          param="model")
+
+
+def _stage(req: EvalRequest, work: Path) -> tuple[str, list[dict[str, Any]]]:
+    from tuneloop.data.stage import stage_dataset
+
+    order = [req.technique] if req.technique else (["rlvr"] if req.evaluators else ["dpo", "sft", "rlvr"])
+    errors: list[ValidationError] = []
+    for technique in order:
+        if technique not in TECHNIQUES:
+            raise ValidationError(f"Unknown technique {technique!r} for eval.", hint="Use sft, dpo or rlvr.",
+                                  param="technique")
+        try:
+            staged = stage_dataset(req.dataset, technique, work / f"{technique}.jsonl", column_map=req.column_map,
+                                   take=req.samples, command="tuneloop eval",
+                                   reward_model=req.evaluators[0] if technique == "rlvr" and req.evaluators else None)
+        except ValidationError as e:
+            if technique == "rlvr" and "reward_model" in e.message:
+                e.hint = "Prompt-only rows are scored by evaluators: pass --evaluator REF (builtin:exact_match, " \
+                         "file.py:function, an evaluator NAME, or Builtin.Correctness with --judge MODEL)."
+            errors.append(e)
+            continue
+        rows = [json.loads(line) for line in open(staged.path, encoding="utf-8") if line.strip()]
+        return technique, rows
+    best = min(errors, key=_missing_columns)   # the format the data came closest to
+    if len(errors) > 1:
+        best.hint = (best.hint or "") + "\n(The data matched none of: preference pairs, prompt/completion, " \
+            "prompt-only RL rows; this is the closest. Pass --technique to choose.)"
+    raise best
+
+
+def _missing_columns(e: ValidationError) -> int:
+    line = next((d for d in e.details if d.strip().startswith("Missing:")), None)
+    return len(line.split(":", 1)[1].split(",")) if line else 0
+
+
+def _split(row: dict[str, Any]) -> tuple[Any, str]:
+    """(prompt, reference answer) of an SFT row: prompt/completion, or messages up to the last assistant turn."""
+    if "messages" in row:
+        msgs = row["messages"]
+        last = max(i for i, m in enumerate(msgs) if m["role"] == "assistant")
+        return msgs[:last], msgs[last]["content"]
+    return row["prompt"], row["completion"]
+
+
+def generate(model, tok, prompts: list[Any], max_new_tokens: int, batch_size: int = 16) -> list[str]:
+    """Greedy answers; a prompt is a string (one user turn) or a message list."""
+    import torch
+
+    if getattr(tok, "chat_template", None):
+        texts = [tok.apply_chat_template([{"role": "user", "content": p}] if isinstance(p, str) else p,
+                                         tokenize=False, add_generation_prompt=True) for p in prompts]
+    else:
+        texts = [p if isinstance(p, str) else "\n".join(m["content"] for m in p) for p in prompts]
+    out, side = [], tok.padding_side
+    tok.padding_side = "left"
+    try:
+        for i in range(0, len(texts), batch_size):
+            enc = tok(texts[i:i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
+            enc = {k: v.to(model.device) for k, v in enc.items()}
+            with torch.no_grad():
+                ids = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                     pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+            out += [tok.decode(r[enc["input_ids"].shape[1]:], skip_special_tokens=True).strip() for r in ids]
+    finally:
+        tok.padding_side = side
+    return out
+
+
+def _sft(model, tok, rows, max_new_tokens) -> tuple[dict[str, float], list[str]]:
+    from tuneloop.evaluation.metrics import answer_logprobs, sft_metrics
+
+    pairs = [_split(r) for r in rows]
+    metrics = sft_metrics(answer_logprobs(model, tok, pairs))
+    answers = generate(model, tok, [p for p, _ in pairs], max_new_tokens)
+    metrics["exact_match"] = sum(a.strip() == ref.strip() for a, (_, ref) in zip(answers, pairs)) / len(pairs)
+    return metrics, answers
+
+
+def _logps_pairs(model, tok, rows) -> list[tuple[float, float]]:
+    from tuneloop.evaluation.metrics import answer_logprobs
+
+    chosen = answer_logprobs(model, tok, [(r["prompt"], r["chosen"]) for r in rows])
+    rejected = answer_logprobs(model, tok, [(r["prompt"], r["rejected"]) for r in rows])
+    return [(c[0], r[0]) for c, r in zip(chosen, rejected)]
+
+
+def _logp_preference(pairs: list[tuple[float, float]]) -> dict[str, float]:
+    return {"logp_accuracy": sum(c > r for c, r in pairs) / len(pairs),
+            "logp_margin": sum(c - r for c, r in pairs) / len(pairs), "pairs": float(len(pairs))}
+
+
+def _scores(ctx, refs: list[str], rows, answers, explicit: bool) -> dict[str, float]:
+    """Mean reward per evaluator: over every row (--evaluator), or the rows naming it (reward_model)."""
+    from tuneloop.rewards.base import Sample
+
+    out: dict[str, float] = {}
+    for ref in refs:
+        fn = ctx.resolve(ref)
+        picked = [(i, r) for i, r in enumerate(rows) if explicit or r.get("reward_model") == ref]
+        samples = [Sample(str(i), r["prompt"] if isinstance(r["prompt"], list) else
+                          [{"role": "user", "content": r["prompt"]}], answers[i],
+                          {k: v for k, v in r.items() if k not in ("prompt",)}) for i, r in picked]
+        scores = fn.score(samples)
+        ok = [s.value for s in scores if s.ok]
+        out[f"reward/{ref}"] = sum(ok) / len(ok) if ok else float("nan")
+        out[f"reward/{ref}/failed"] = float(len(scores) - len(ok))
+        metric_names = {k for s in scores if s.ok for k in s.metrics}
+        for k in sorted(metric_names):
+            vals = [s.metrics[k] for s in scores if s.ok and k in s.metrics]
+            out[f"reward/{ref}/{k}"] = sum(vals) / len(vals)
+    return out
+
+
+def _win_rate(judge, rows, model_answers, base_answers) -> dict[str, float]:
+    """The judge compares each pair in both orders (position bias cancels): model wins both 1,
+    loses both 0, anything else 0.5; prompts without a verdict in either order are left out."""
+    from tuneloop.evaluation.metrics import PAIRWISE_PROMPT, pairwise_verdict
+
+    def text(p):
+        return p if isinstance(p, str) else "\n".join(f"{m['role']}: {m['content']}" for m in p)
+
+    convs = []
+    for r, m, b in zip(rows, model_answers, base_answers):
+        prompt = text(r["prompt"] if "prompt" in r else _split(r)[0])
+        convs.append([{"role": "user", "content": PAIRWISE_PROMPT.format(prompt=prompt, a=m, b=b)}])
+        convs.append([{"role": "user", "content": PAIRWISE_PROMPT.format(prompt=prompt, a=b, b=m)}])
+    answers = judge.complete(convs)
+    wins, undecided = [], 0
+    for i in range(0, len(answers), 2):
+        first = pairwise_verdict(answers[i]) if isinstance(answers[i], str) else None
+        second = pairwise_verdict(answers[i + 1]) if isinstance(answers[i + 1], str) else None
+        votes = [v for v in (first, None if second is None else 1.0 - second) if v is not None]
+        if not votes:
+            undecided += 1
+            continue
+        wins.append(sum(votes) / len(votes))
+    return {"win_rate_vs_base": sum(wins) / len(wins) if wins else float("nan"),
+            "pairwise_judged": float(len(wins)), "pairwise_undecided": float(undecided)}
+
+
+def evaluate(req: EvalRequest, on_progress=None) -> dict[str, Any]:
+    from tuneloop.evaluation.quick import load_for_eval
+    from tuneloop.settings import load_settings, resolve_project
+
+    say = on_progress or (lambda message: None)
+    started = time.monotonic()
+    target = resolve_eval_model(req.model, req.project)
+    with tempfile.TemporaryDirectory() as tmp:
+        technique, rows = _stage(req, Path(tmp))
+    if not rows:
+        raise ValidationError(f"{req.dataset} has no rows to evaluate.", param="dataset")
+    if technique == "rlvr" and not req.evaluators and not any(r.get("reward_model") for r in rows):
+        raise ValidationError("Prompt-only rows need an evaluator to score the answers.",
+                              hint="Pass --evaluator builtin:exact_match (or a file.py:function, an evaluator NAME, "
+                                   "Builtin.Correctness with --judge ...).", param="evaluator")
+    say(f"{len(rows)} {technique} rows; model {target.name}" + (f" (adapter on {target.base})" if target.adapter else ""))
+    model, tok = load_for_eval(target.base, target.adapter)
+    base = None
+    if req.compare_base or (technique == "dpo" and target.adapter):
+        base, _ = load_for_eval(target.base) if target.adapter else (None, None)
+        if req.compare_base and base is None:
+            say("--compare-base: the model is not an adapter, so it is its own base; no comparison")
+    result: dict[str, Any] = {"model_ref": req.model, "model": {}, "base": None, "technique": technique,
+                              "dataset": req.dataset, "rows": len(rows), "base_model": target.base,
+                              "adapter": target.adapter, "evaluators": list(req.evaluators), "judge": req.judge}
+    answers: dict[str, list[str]] = {}
+    if technique == "sft":
+        result["model"], answers["model"] = _sft(model, tok, rows, req.max_new_tokens)
+        if req.compare_base and base is not None:
+            result["base"], answers["base"] = _sft(base, tok, rows, req.max_new_tokens)
+    elif technique == "dpo":
+        from tuneloop.evaluation.metrics import preference_metrics
+
+        policy = _logps_pairs(model, tok, rows)
+        reference = _logps_pairs(base, tok, rows) if base is not None else None
+        # with a reference (an adapter's base): DPO's implicit reward; always: the plain log p margin
+        result["model"] = preference_metrics(policy, reference, req.beta) if reference is not None else {}
+        result["model"].update(_logp_preference(policy))
+        if req.compare_base and reference is not None:
+            result["base"] = _logp_preference(reference)
+        result["beta"] = req.beta
+    else:
+        prompts = [r["prompt"] for r in rows]
+        answers["model"] = generate(model, tok, prompts, req.max_new_tokens)
+        if req.compare_base and base is not None:
+            answers["base"] = generate(base, tok, prompts, req.max_new_tokens)
+    refs = list(req.evaluators) or sorted({r["reward_model"] for r in rows if r.get("reward_model")}) \
+        if technique == "rlvr" else list(req.evaluators)
+    if refs or (req.judge and req.compare_base and "base" in answers):
+        from tuneloop.rewards.functions import RewardContext
+
+        with RewardContext(base_dir=Path.cwd(), judge_model=req.judge, models_dir=load_settings().models_dir) as ctx:
+            if refs:
+                if "model" not in answers:
+                    answers["model"] = generate(model, tok, [_split(r)[0] if "completion" in r or "messages" in r
+                                                             else r["prompt"] for r in rows], req.max_new_tokens)
+                explicit = bool(req.evaluators)
+                result["model"].update(_scores(ctx, refs, rows, answers["model"], explicit))
+                if "base" in answers:
+                    result["base"] = (result["base"] or {}) | _scores(ctx, refs, rows, answers["base"], explicit)
+            if req.judge and req.compare_base and "base" in answers:
+                say(f"pairwise judging {len(rows)} prompts x 2 orders with {req.judge}")
+                result["model"].update(_win_rate(ctx.judge(), rows, answers["model"], answers["base"]))
+    result["samples"] = [{"prompt": r.get("prompt", r.get("messages")), **{k: v[i] for k, v in answers.items()}}
+                         for i, r in enumerate(rows[:20])] if answers else []
+    result["seconds"] = round(time.monotonic() - started, 2)
+    out = Path(req.output) if req.output else (load_settings().home / "projects" / resolve_project(req.project) /
+                                               "evals" / time.strftime("eval-%Y%m%d-%H%M%S"))
+    write_outputs(result, out)
+    result["output"] = str(out)
+    return result
+
+
+def write_outputs(result: dict[str, Any], out: Path) -> None:
+    """results.json, report.md and metrics.png, written to a temporary folder and moved in place."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".eval-"))
+    try:
+        (tmp / "results.json").write_text(json.dumps(result, indent=2, default=str))
+        (tmp / "report.md").write_text(report(result))
+        _plot(result, tmp / "metrics.png")
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def report(result: dict[str, Any]) -> str:
+    base = result.get("base") or {}
+    lines = [f"# Evaluation of {result['model_ref']}", "",
+             f"- technique: {result['technique']}, {result['rows']} rows of {result['dataset']}",
+             f"- model: {result['adapter'] or result['base_model']}" + (f" (adapter on {result['base_model']})"
+                                                                        if result['adapter'] else ""), ""]
+    if result.get("judge"):
+        lines.insert(4, f"- judge: {result['judge']}")
+    lines += ["| metric | model | base |", "|---|---|---|"]
+    for k, v in result["model"].items():
+        b = base.get(k)
+        lines.append(f"| {k} | {v:.4g} | {'' if b is None else f'{b:.4g}'} |")
+    if result.get("samples"):
+        keys = [k for k in ("model", "base") if k in result["samples"][0]]
+        lines += ["", "## Sample answers", "", "| prompt | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+        for s in result["samples"][:10]:
+            prompt = s["prompt"] if isinstance(s["prompt"], str) else s["prompt"][-1]["content"]
+            cells = [str(x).replace("|", "\\|").replace("\n", " ")[:80] for x in [prompt, *[s[k] for k in keys]]]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _plot(result: dict[str, Any], path: Path) -> None:
+    import math
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [k for k, v in result["model"].items() if isinstance(v, (int, float)) and math.isfinite(v)
+             and not k.endswith(("/failed", "tokens", "pairs", "judged", "undecided"))]
+    if not names:
+        return
+    base = result.get("base") or {}
+    fig, axes = plt.subplots(1, len(names), figsize=(2.6 * len(names) + 1, 3.2), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        labels, values = ["model"], [result["model"][name]]
+        if isinstance(base.get(name), (int, float)):
+            labels.append("base")
+            values.append(base[name])
+        bars = ax.bar(labels, values, color=["tab:blue", "tab:gray"][:len(values)])
+        ax.bar_label(bars, fmt="%.3g", fontsize=8)
+        ax.set_title(name, fontsize=9)
+    fig.suptitle(f"{result['model_ref']} on {Path(str(result['dataset'])).name} ({result['technique']})", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

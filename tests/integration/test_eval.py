@@ -1,0 +1,153 @@
+"""tuneloop eval: its numbers equal hand-computed values on fixed tiny cases (SFT loss, perplexity
+and token accuracy one row at a time; DPO preference accuracy and implicit reward margin against
+the base; mean reward of a file evaluator over the recorded answers), and the pairwise win rate
+against the base equals the rule of a deterministic judge behind the OpenAI API."""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from tests.conftest import DEMO_DATA, write_jsonl
+
+pytestmark = pytest.mark.slow
+
+
+def _rows(name):
+    return [json.loads(line) for line in (DEMO_DATA / name).read_text().splitlines() if line.strip()]
+
+
+SFT, DPO, HELD, WARM = _rows("sft.jsonl"), _rows("dpo.jsonl"), _rows("rlvr_heldout.jsonl"), _rows("rlvr_warmstart.jsonl")
+COLOURS = ("red", "blue", "green", "gold")
+
+
+def by_hand(model, tok, prompt, answer):
+    """Sum of log p(answer tokens), count and argmax hits, one row alone (no batching, no padding)."""
+    import torch
+
+    p = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=True, add_generation_prompt=True,
+                                return_dict=True)["input_ids"]
+    full = tok.apply_chat_template([{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}],
+                                   tokenize=True, return_dict=True)["input_ids"]
+    with torch.no_grad():
+        logits = model(torch.tensor([full])).logits[0, :-1]
+    logp = torch.log_softmax(logits, -1)
+    idx = range(len(p) - 1, len(full) - 1)
+    return (sum(logp[i, full[i + 1]].item() for i in idx), len(idx),
+            sum(int(logits[i].argmax().item() == full[i + 1]) for i in idx))
+
+
+@pytest.fixture
+def adapter(train, tmp_path):
+    """A LoRA adapter that answers the colour task (a short SFT)."""
+    return train("sft", write_jsonl(tmp_path / "warm.jsonl", WARM), hyperparameters={"max_steps": 12})["output_path"]
+
+
+def test_sft_metrics_equal_hand_computed_values(home, tmp_path, models_dir, adapter):
+    from tuneloop.evaluation.quick import load_for_eval
+    from tuneloop.evaluation.run import EvalRequest, evaluate
+    from tuneloop.models.builtin import ensure_builtin
+
+    rows = [{"prompt": r["prompt"][0]["content"], "completion": r["answer"]} for r in HELD[:5]] + SFT[:3]
+    result = evaluate(EvalRequest(model=adapter, dataset=str(write_jsonl(tmp_path / "v.jsonl", rows)),
+                                  compare_base=True, output=str(tmp_path / "out")))
+    assert result["technique"] == "sft" and result["rows"] == 8
+    base_dir = str(ensure_builtin("tuneloop/tiny-qwen3", models_dir))
+    for key, (model, tok) in (("model", load_for_eval(base_dir, adapter)), ("base", load_for_eval(base_dir))):
+        stats = [by_hand(model, tok, r["prompt"], r["completion"]) for r in rows]
+        tokens = sum(n for _, n, _ in stats)
+        loss = -sum(s for s, _, _ in stats) / tokens
+        got = result[key]
+        print(f"{key}: loss {got['loss']:.5f} (hand {loss:.5f}), token accuracy {got['token_accuracy']:.4f}, "
+              f"exact match {got['exact_match']:.3f}")
+        assert got["loss"] == pytest.approx(loss, rel=1e-4) and got["tokens"] == tokens
+        assert got["perplexity"] == pytest.approx(math.exp(loss), rel=1e-4)
+        assert got["token_accuracy"] == pytest.approx(sum(c for _, _, c in stats) / tokens)
+    answers = [s["model"] for s in result["samples"]]
+    assert result["model"]["exact_match"] == sum(a == r["completion"] for a, r in zip(answers, rows)) / 8
+    assert result["model"]["exact_match"] > result["base"]["exact_match"]
+    out = tmp_path / "out"
+    assert json.loads((out / "results.json").read_text())["model"]["loss"] == result["model"]["loss"]
+    assert "| loss |" in (out / "report.md").read_text() and (out / "metrics.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_dpo_metrics_equal_hand_computed_values(home, tmp_path, models_dir, adapter):
+    from tuneloop.evaluation.quick import load_for_eval
+    from tuneloop.evaluation.run import EvalRequest, evaluate
+    from tuneloop.models.builtin import ensure_builtin
+
+    rows = DPO[:6]
+    result = evaluate(EvalRequest(model=adapter, dataset=str(write_jsonl(tmp_path / "p.jsonl", rows)), beta=0.5))
+    assert result["technique"] == "dpo"
+    base_dir = str(ensure_builtin("tuneloop/tiny-qwen3", models_dir))
+    policy, tok = load_for_eval(base_dir, adapter)
+    ref, _ = load_for_eval(base_dir)
+    margins = []
+    for r in rows:
+        pc, pr = (by_hand(policy, tok, r["prompt"], r[k])[0] for k in ("chosen", "rejected"))
+        rc, rr = (by_hand(ref, tok, r["prompt"], r[k])[0] for k in ("chosen", "rejected"))
+        margins.append(0.5 * ((pc - rc) - (pr - rr)))
+    m = result["model"]
+    print(f"DPO: preference accuracy {m['preference_accuracy']:.3f}, margin {m['reward_margin']:.4f} "
+          f"(hand {sum(margins) / 6:.4f})")
+    assert m["preference_accuracy"] == pytest.approx(sum(x > 0 for x in margins) / 6)
+    assert m["reward_margin"] == pytest.approx(sum(margins) / 6, rel=1e-4, abs=1e-5)
+
+
+def test_mean_reward_of_an_evaluator_over_the_recorded_answers(home, tmp_path, adapter):
+    from tuneloop.evaluation.run import EvalRequest, evaluate
+
+    (tmp_path / "score.py").write_text("def score(completion, answer):\n    return len(completion) / (1 + len(answer))\n")
+    rows = HELD[:12]
+    result = evaluate(EvalRequest(model=adapter, dataset=str(write_jsonl(tmp_path / "r.jsonl", rows)),
+                                  evaluators=[f"{tmp_path}/score.py:score", "builtin:exact_match"], max_new_tokens=6))
+    assert result["technique"] == "rlvr"
+    answers = [s["model"] for s in result["samples"]]
+    expected = sum(len(a) / (1 + len(r["answer"])) for a, r in zip(answers, rows)) / 12
+    assert result["model"][f"reward/{tmp_path}/score.py:score"] == pytest.approx(expected)
+    assert result["model"]["reward/builtin:exact_match"] == sum(a == r["answer"] for a, r in zip(answers, rows)) / 12
+
+
+class ColourJudge(BaseHTTPRequestHandler):
+    """Pairwise rule: the response that is a colour word wins; both or neither: tie."""
+
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        text = body["messages"][-1]["content"]
+        a = text.split("Response A:\n", 1)[1].split("\n\nResponse B:", 1)[0].strip()
+        b = text.split("Response B:\n", 1)[1].split("\n\nWhich response", 1)[0].strip()
+        verdict = "tie" if (a in COLOURS) == (b in COLOURS) else ("A" if a in COLOURS else "B")
+        data = json.dumps({"id": "x", "object": "chat.completion", "model": body["model"], "choices": [
+            {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": f"Verdict: {verdict}"}}]})
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data.encode())
+
+
+def test_win_rate_against_the_base_with_a_deterministic_judge(home, tmp_path, adapter, monkeypatch):
+    from tuneloop.evaluation.run import EvalRequest, evaluate
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), ColourJudge)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("OPENAI_API_KEY", "unused")
+    try:
+        rows = HELD[:16]
+        result = evaluate(EvalRequest(model=adapter, dataset=str(write_jsonl(tmp_path / "r.jsonl", rows)),
+                                      evaluators=["builtin:exact_match"], compare_base=True, max_new_tokens=6,
+                                      judge=f"openai:colour-rule@http://127.0.0.1:{server.server_address[1]}/v1"))
+    finally:
+        server.shutdown()
+    pairs = [(s["model"], s["base"]) for s in result["samples"]]
+    expected = sum(0.5 if (m in COLOURS) == (b in COLOURS) else float(m in COLOURS) for m, b in pairs) / 16
+    print(f"win rate vs base {result['model']['win_rate_vs_base']:.3f} (rule applied by hand {expected:.3f})")
+    assert result["model"]["win_rate_vs_base"] == pytest.approx(expected) and expected > 0.5
+    assert result["model"]["pairwise_judged"] == 16 and result["model"]["pairwise_undecided"] == 0
