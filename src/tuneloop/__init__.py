@@ -11,7 +11,11 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 __all__ = [
+    "BenchMarkEvaluator",
+    "CustomScorerEvaluator",
     "CustomizationTechnique",
+    "EvaluationResult",
+    "LLMAsJudgeEvaluator",
     "DPOTrainer",
     "DataSet",
     "Evaluator",
@@ -26,5 +30,6 @@ __all__ = [
 ]
 
 from tuneloop.errors import TuneloopError
-from tuneloop.sdk import (CustomizationTechnique, DataSet, DPOTrainer, Evaluator, EvaluatorType, RLAIFTrainer,
+from tuneloop.sdk import (BenchMarkEvaluator, CustomScorerEvaluator, EvaluationResult, LLMAsJudgeEvaluator,
+                          CustomizationTechnique, DataSet, DPOTrainer, Evaluator, EvaluatorType, RLAIFTrainer,
                           RLVRTrainer, SFTTrainer, TrainingJob, TrainingType, list_supported_models)

@@ -9,6 +9,7 @@ import json
 import math
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
@@ -121,11 +122,16 @@ class ColourJudge(BaseHTTPRequestHandler):
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         text = body["messages"][-1]["content"]
-        a = text.split("Response A:\n", 1)[1].split("\n\nResponse B:", 1)[0].strip()
-        b = text.split("Response B:\n", 1)[1].split("\n\nWhich response", 1)[0].strip()
-        verdict = "tie" if (a in COLOURS) == (b in COLOURS) else ("A" if a in COLOURS else "B")
+        if "Response A:" in text:
+            a = text.split("Response A:\n", 1)[1].split("\n\nResponse B:", 1)[0].strip()
+            b = text.split("Response B:\n", 1)[1].split("\n\nWhich response", 1)[0].strip()
+            verdict = "tie" if (a in COLOURS) == (b in COLOURS) else ("A" if a in COLOURS else "B")
+            answer = f"Verdict: {verdict}"
+        else:  # a pointwise reward prompt (Builtin.Correctness): 10 for a colour word, else 2
+            response = text.split("Response:\n", 1)[1].split("\n\n", 1)[0].strip()
+            answer = f"Score: {10 if response in COLOURS else 2}/10"
         data = json.dumps({"id": "x", "object": "chat.completion", "model": body["model"], "choices": [
-            {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": f"Verdict: {verdict}"}}]})
+            {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": answer}}]})
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
@@ -151,3 +157,45 @@ def test_win_rate_against_the_base_with_a_deterministic_judge(home, tmp_path, ad
     print(f"win rate vs base {result['model']['win_rate_vs_base']:.3f} (rule applied by hand {expected:.3f})")
     assert result["model"]["win_rate_vs_base"] == pytest.approx(expected) and expected > 0.5
     assert result["model"]["pairwise_judged"] == 16 and result["model"]["pairwise_undecided"] == 0
+
+
+def test_sdk_custom_scorer_and_llm_as_judge_evaluators(home, tmp_path, train, monkeypatch):
+    from tuneloop import CustomScorerEvaluator, LLMAsJudgeEvaluator, SFTTrainer
+
+    job = SFTTrainer(training_dataset=str(write_jsonl(tmp_path / "warm.jsonl", WARM)),
+                     hyperparameters={"max_steps": 12}).train(wait=True)
+    data = str(write_jsonl(tmp_path / "r.jsonl", HELD[:8]))
+    scored = CustomScorerEvaluator(evaluator="builtin:exact_match", dataset=data, model=job,
+                                   evaluate_base_model=True, max_new_tokens=6).evaluate().wait()
+    answers = [s["model"] for s in scored.results["samples"]]
+    assert scored.metrics["reward/builtin:exact_match"] == sum(a == r["answer"] for a, r in zip(answers, HELD)) / 8
+    assert scored.base_metrics["reward/builtin:exact_match"] == 0.0
+    server = ThreadingHTTPServer(("127.0.0.1", 0), ColourJudge)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("OPENAI_API_KEY", "unused")
+    try:
+        judged = LLMAsJudgeEvaluator(model=job, evaluator_model=f"openai:rule@http://127.0.0.1:{server.server_address[1]}/v1",
+                                     dataset=data, builtin_metrics=["Correctness"], evaluate_base_model=True,
+                                     max_new_tokens=6).evaluate()
+    finally:
+        server.shutdown()
+    answers = [s["model"] for s in judged.results["samples"]]
+    expected = sum(1.0 if a in COLOURS else 0.2 for a in answers) / 8
+    assert judged.metrics["reward/Builtin.Correctness"] == pytest.approx(expected)
+    assert judged.metrics["win_rate_vs_base"] > 0.5
+    out = Path(judged.output_path)
+    assert out.parent == home / "projects" / "default" / "evals" and (out / "report.md").is_file()
+
+
+def test_benchmark_evaluator_says_what_is_missing(home):
+    import importlib.util
+
+    from tuneloop import BenchMarkEvaluator
+    from tuneloop.errors import ValidationError
+
+    with pytest.raises(ValidationError) as err:
+        BenchMarkEvaluator(benchmark="mmlu", model="tuneloop/tiny-qwen3").evaluate()
+    if importlib.util.find_spec("lm_eval") is None:
+        assert "needs EleutherAI's lm-eval" in err.value.message and "pip install lm-eval" in err.value.hint
+    else:
+        assert "HF_HUB_OFFLINE" in err.value.message

@@ -18,6 +18,7 @@ import json
 import shutil
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -242,6 +243,13 @@ def evaluate(req: EvalRequest, on_progress=None) -> dict[str, Any]:
 
     say = on_progress or (lambda message: None)
     started = time.monotonic()
+    if req.output and Path(req.output).is_dir() and any(Path(req.output).iterdir()) \
+            and not (Path(req.output) / "results.json").is_file():
+        raise ValidationError(f"--output {req.output} is a folder with other files in it; an evaluation would "
+                              "replace its contents.", hint="Pass a new or empty folder (or a previous eval's "
+                              "output, which is replaced).", param="output")
+    out = Path(req.output) if req.output else (load_settings().home / "projects" / resolve_project(req.project) /
+                                               "evals" / (time.strftime("eval-%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]))
     target = resolve_eval_model(req.model, req.project)
     with tempfile.TemporaryDirectory() as tmp:
         technique, rows = _stage(req, Path(tmp))
@@ -302,8 +310,6 @@ def evaluate(req: EvalRequest, on_progress=None) -> dict[str, Any]:
     result["samples"] = [{"prompt": r.get("prompt", r.get("messages")), **{k: v[i] for k, v in answers.items()}}
                          for i, r in enumerate(rows[:20])] if answers else []
     result["seconds"] = round(time.monotonic() - started, 2)
-    out = Path(req.output) if req.output else (load_settings().home / "projects" / resolve_project(req.project) /
-                                               "evals" / time.strftime("eval-%Y%m%d-%H%M%S"))
     write_outputs(result, out)
     result["output"] = str(out)
     return result
