@@ -97,10 +97,14 @@ def step_metrics(events: list[dict]) -> list[dict]:
 
 def test_rlvr_with_a_builtin_grader(home, warm_start, before, models_dir):
     job, events = rl_job("rlvr", write_jsonl(home.parent / "train.jsonl", TRAIN), model=warm_start,
-                         reward_function="builtin:exact_match", hyperparameters=RL_HP)
+                         reward_function="builtin:exact_match", hyperparameters=RL_HP,
+                         validation_dataset=str(write_jsonl(home.parent / "held.jsonl", HELD)))
     after = held_out_accuracy(models_dir, job["output_path"])
-    print(f"RLVR builtin:exact_match, held-out exact match: {before:.3f} -> {after:.3f}")
+    print(f"RLVR builtin:exact_match, held-out exact match: {before:.3f} -> {after:.3f}; "
+          f"auto-evaluation on the same rows: eval_reward {job['metrics']['eval_reward']:.3f}")
     assert after >= before + 0.15 and after >= 0.8
+    # the job's own auto-evaluation (greedy answers to the validation rows, scored by its reward) agrees
+    assert job["metrics"]["eval_reward"] == pytest.approx(after, abs=0.05) and job["metrics"]["eval_rows"] == 64
     steps = step_metrics(events)
     assert len(steps) == 30 and {"reward", "reward_std", "kl", "completions/mean_length",
                                  "completions/clipped_ratio", "reward/failed"} <= set(steps[0])

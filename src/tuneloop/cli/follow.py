@@ -81,7 +81,7 @@ def render_result(svc, job: dict[str, Any]) -> None:
     shown = {k: metrics[k] for k in ("train_loss", "final_loss", "final_rewards/accuracies", "final_rewards/margins",
                                      "final_reward", "final_reward_std", "final_kl", "reward_failed",
                                      "train_runtime", "eval_loss", "eval_exact_match", "eval_rewards/accuracies",
-                                     "eval_rewards/margins") if k in metrics}
+                                     "eval_rewards/margins", "eval_reward") if k in metrics}
     if shown:
         print("   " + ", ".join(f"{k}={v:.4g}" for k, v in shown.items()))
     tracked = svc.store.list_events(job["id"], type="tracking")

@@ -48,6 +48,7 @@ def registry_list(group: Optional[str] = typer.Option(None, "--group", help="Onl
 def _validation(metrics: dict) -> str:
     """The auto-evaluation on validation data, if the job had any: '-' otherwise."""
     names = (("eval_loss", "loss"), ("eval_perplexity", "ppl"), ("eval_exact_match", "EM"),
-             ("eval_rewards/accuracies", "pref acc"), ("eval_rewards/margins", "margin"))
+             ("eval_rewards/accuracies", "pref acc"), ("eval_rewards/margins", "margin"),
+             ("eval_reward", "reward"))
     parts = [f"{label} {metrics[k]:.3g}" for k, label in names if isinstance(metrics.get(k), (int, float))]
     return ", ".join(parts) or "-"

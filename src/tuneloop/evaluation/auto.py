@@ -46,3 +46,37 @@ def evaluate_validation(trainer, tokenizer, technique: str, eval_path: Path) -> 
 
 def _rows(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in open(path, encoding="utf-8") if line.strip()]
+
+
+def evaluate_rl_validation(trainer, tokenizer, ctx, default_ref: str | None, eval_path: Path,
+                           max_new_tokens: int) -> dict[str, float]:
+    """RLVR/RLAIF: greedy answers to up to 64 validation prompts, scored by each row's reward
+    (its reward_model, else the job's): eval_reward is the mean over the answers that scored."""
+    from tuneloop.evaluation.run import generate
+    from tuneloop.rewards.base import Sample
+
+    rows = _rows(eval_path)[:MAX_GENERATE]
+    model = trainer.model
+    was_training = model.training
+    model.eval()
+    try:
+        answers = generate(model, tokenizer, [r["prompt"] for r in rows], max_new_tokens)
+    finally:
+        model.train(was_training)
+    values: list[float] = []
+    failed = 0
+    by_ref: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        by_ref.setdefault(r.get("reward_model") or default_ref or "", []).append(i)
+    for ref, idx in by_ref.items():
+        samples = [Sample(f"eval-{i}", rows[i]["prompt"], answers[i],
+                          {k: v for k, v in rows[i].items() if k != "prompt"}) for i in idx]
+        for score in ctx.resolve(ref).score(samples):
+            if score.ok:
+                values.append(float(score.value))
+            else:
+                failed += 1
+    out = {"eval_rows": float(len(rows)), "eval_reward_failed": float(failed)}
+    if values:
+        out["eval_reward"] = sum(values) / len(values)
+    return out

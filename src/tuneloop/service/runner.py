@@ -186,10 +186,18 @@ def _run(store: Store, job: dict[str, Any], spec: JobSpec, plan: Plan, work: Pat
                             if isinstance(v, (int, float)) and k not in ("epoch", "step")})
             break
     metrics["wall_s"] = round(time.monotonic() - started, 2)
+    scores = None
     if "eval_path" in extra:
         from tuneloop.evaluation.auto import evaluate_validation
 
         scores = evaluate_validation(trainer, tokenizer, spec.technique, validation)
+    elif "engine" in extra and validation.is_file():
+        from tuneloop.evaluation.auto import evaluate_rl_validation
+
+        engine = extra["engine"]
+        scores = evaluate_rl_validation(trainer, tokenizer, engine.ctx, engine.default_ref, validation,
+                                        plan.max_response_length or 64)
+    if scores is not None:
         metrics.update(scores)
         store.add_event(job_id, "validation: " + ", ".join(f"{k}={v:.4g}" for k, v in scores.items()),
                         type="evaluation", data=scores)
