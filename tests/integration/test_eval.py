@@ -82,8 +82,9 @@ def test_dpo_metrics_equal_hand_computed_values(home, tmp_path, models_dir, adap
     from tuneloop.models.builtin import ensure_builtin
 
     rows = DPO[:6]
-    result = evaluate(EvalRequest(model=adapter, dataset=str(write_jsonl(tmp_path / "p.jsonl", rows)), beta=0.5))
-    assert result["technique"] == "dpo"
+    result = evaluate(EvalRequest(model="default-tune-models@v1", dataset=str(write_jsonl(tmp_path / "p.jsonl", rows)),
+                                  beta=0.5))  # the adapter's registered version
+    assert result["technique"] == "dpo" and result["adapter"] == str(Path(adapter).resolve())
     base_dir = str(ensure_builtin("tuneloop/tiny-qwen3", models_dir))
     policy, tok = load_for_eval(base_dir, adapter)
     ref, _ = load_for_eval(base_dir)

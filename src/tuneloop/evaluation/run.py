@@ -52,7 +52,7 @@ class EvalModel:
 
 
 def resolve_eval_model(ref: str, project: str | None = None) -> EvalModel:
-    """A folder, a job or technique, GROUP@vN, or a catalog / built-in id."""
+    """A folder, GROUP@vN, a deployed name, a job or technique, or a catalog / built-in id."""
     folder = Path(ref).expanduser()
     if folder.is_dir():
         return _from_folder(folder, ref)
@@ -68,6 +68,9 @@ def resolve_eval_model(ref: str, project: str | None = None) -> EvalModel:
             raise ValidationError(f"No registered version {ref!r}.", hint="List them with: tuneloop registry list",
                                   param="model")
         return _from_folder(Path(rows[0]["output_path"]), ref)
+    deployed = next((d for d in store.list_deployed(resolve_project(project)) if d["name"] == ref), None)
+    if deployed is not None:  # a name served by `tuneloop serve` (adapter add / add-ic)
+        return _from_folder(Path(deployed["path"]), ref)
     job = store.latest_job(resolve_project(project), ref.lower()) if ref.lower() in ("sft", "dpo", "rlvr", "rlaif") \
         else store.get_job(ref)
     if job is not None:
@@ -79,8 +82,9 @@ def resolve_eval_model(ref: str, project: str | None = None) -> EvalModel:
 
     entry = load_catalog().get(ref)
     if entry is None:
-        raise ValidationError(f"Model {ref!r} is not a folder, a job, a registered version (GROUP@vN) or a catalog "
-                              "model.", hint="See: tuneloop status | tuneloop registry list | tuneloop models",
+        raise ValidationError(f"Model {ref!r} is not a folder, a job, a registered version (GROUP@vN), a deployed "
+                              "name or a catalog model.", hint="See: tuneloop status | tuneloop registry list | "
+                              "tuneloop adapter list | tuneloop models",
                               param="model")
     if entry.builtin:
         from tuneloop.models.builtin import ensure_builtin

@@ -1,0 +1,46 @@
+"""What `tuneloop eval --model REF` accepts: an adapter or model folder, a registered version
+GROUP@vN, a deployed name, a catalog / built-in id; anything else is a clear error."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tuneloop.errors import ValidationError
+from tuneloop.evaluation.run import resolve_eval_model
+
+
+@pytest.fixture
+def adapter(tmp_path):
+    folder = tmp_path / "adapter"
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "/models/base"}))
+    return folder
+
+
+def test_folders(adapter, tmp_path):
+    m = resolve_eval_model(str(adapter))
+    assert (m.base, m.adapter) == ("/models/base", str(adapter.resolve()))
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "config.json").write_text("{}")
+    assert resolve_eval_model(str(full)).adapter is None
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValidationError, match="neither a model folder"):
+        resolve_eval_model(str(tmp_path / "empty"))
+
+
+def test_deployed_names_and_unknown_references(home, adapter):
+    from tuneloop.settings import load_settings
+    from tuneloop.store import open_store
+
+    store = open_store(load_settings().database_url)
+    store.upsert_deployed("default", "tuned-sft", {"kind": "adapter", "source": "--weights x", "path": str(adapter),
+                                                    "base_model": "/models/base"})
+    assert resolve_eval_model("tuned-sft").adapter == str(adapter.resolve())
+    # GROUP@vN of a real job's registered output: tests/integration/test_eval.py
+    with pytest.raises(ValidationError, match="No registered version 'my-models@v2'"):
+        resolve_eval_model("my-models@v2")
+    with pytest.raises(ValidationError, match="is not a folder, a job, a registered version"):
+        resolve_eval_model("no-such-thing")
