@@ -1,6 +1,6 @@
 """tuneloop eval --model REF --dataset SRC [--technique T] [--evaluator REF ...] [--judge REF]
-[--compare-base] [--output DIR] [--json]: evaluate a model and write results.json, report.md and
-metrics.png."""
+[--compare-base] [--output DIR] [--no-wait] [--json]: evaluate a model as a tracked job (status, logs,
+cancel) that writes results.json, report.md and metrics.png."""
 
 from __future__ import annotations
 
@@ -32,15 +32,36 @@ def eval_(model: str = typer.Option(..., "--model", help="A job (name, or a tech
           beta: float = typer.Option(0.1, "--beta", help="DPO beta for the implicit reward margin."),
           column_map: Optional[str] = typer.Option(None, "--column-map"),
           project: Optional[str] = typer.Option(None, "--project", envvar="TUNELOOP_PROJECT"),
+          no_wait: bool = typer.Option(False, "--no-wait", help="Submit the evaluation job and return."),
           as_json: bool = typer.Option(False, "--json")) -> None:
     """Evaluate a model: SFT loss, perplexity, token accuracy and exact match; DPO preference
     accuracy and margins; mean reward under evaluators; judge scores and win rate against the base."""
-    from tuneloop.evaluation.run import EvalRequest, evaluate
+    import json
+    from pathlib import Path
+
+    from tuneloop.cli.common import public_job, service
+    from tuneloop.cli.follow import follow
+    from tuneloop.errors import JobFailedError
+    from tuneloop.evaluation.run import EvalRequest
 
     req = EvalRequest(model=model, dataset=dataset, technique=technique, evaluators=list(evaluator or []),
-                      judge=judge, compare_base=compare_base, output=output, samples=samples,
+                      judge=judge, compare_base=compare_base,
+                      output=str(Path(output).resolve()) if output else None, samples=samples,
                       max_new_tokens=max_new_tokens, beta=beta, project=project, column_map=column_map)
-    result = evaluate(req, on_progress=lambda m: print(m, file=sys.stderr))
+    svc = service()
+    job = svc.submit_eval(req)
+    print(f"Submitted evaluation job {job['id']} ({job['dataset_rows']} {job['training_type']} rows)", file=sys.stderr)
+    if no_wait:
+        if as_json:
+            return print_json(public_job(job))
+        print(f"Follow it: tuneloop logs {job['id']} --follow   |   tuneloop status {job['id']}")
+        return
+    job = follow(svc, job["id"], quiet=as_json)
+    if job["state"] != "completed":
+        raise JobFailedError(f"Evaluation job {job['id']} {job['state']}: {job['error'] or 'no reason recorded'}",
+                             details=[f"Logs: tuneloop logs {job['id']}"])
+    result = json.loads((Path(job["output_path"]) / "results.json").read_text())
+    result["output"], result["job"] = job["output_path"], job["id"]
     if as_json:
         return print_json(result)
     from rich.table import Table

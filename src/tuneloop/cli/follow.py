@@ -50,6 +50,8 @@ def follow(svc, job_id: str, *, quiet: bool = False) -> dict[str, Any]:
 
 def _progress_metrics(job: dict[str, Any]) -> str:
     """`loss 0.1234`; for RL jobs the live reward (mean ± std), KL and completion length."""
+    if job["technique"] == "eval":
+        return "evaluating"
     live = job.get("metrics") or {}
     if job["technique"] in ("rlvr", "rlaif") and "reward" in live:
         text = f"reward {live['reward']:.3f}±{live.get('reward_std', 0.0):.3f}"

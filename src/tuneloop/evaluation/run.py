@@ -241,7 +241,26 @@ def _win_rate(judge, rows, model_answers, base_answers) -> dict[str, float]:
             "pairwise_judged": float(len(wins)), "pairwise_undecided": float(undecided)}
 
 
-def evaluate(req: EvalRequest, on_progress=None) -> dict[str, Any]:
+def check_request(req: EvalRequest) -> tuple[str, int]:
+    """Validate before any job exists: the model reference resolves and the data stages.
+    Returns (technique, rows)."""
+    resolve_eval_model(req.model, req.project)
+    with tempfile.TemporaryDirectory() as tmp:
+        technique, rows = _stage(req, Path(tmp))
+    if not rows:
+        raise ValidationError(f"{req.dataset} has no rows to evaluate.", param="dataset")
+    _check_evaluators(technique, req, rows)
+    return technique, len(rows)
+
+
+def _check_evaluators(technique: str, req: EvalRequest, rows: list[dict[str, Any]]) -> None:
+    if technique == "rlvr" and not req.evaluators and not any(r.get("reward_model") for r in rows):
+        raise ValidationError("Prompt-only rows need an evaluator to score the answers.",
+                              hint="Pass --evaluator builtin:exact_match (or a file.py:function, an evaluator NAME, "
+                                   "Builtin.Correctness with --judge ...).", param="evaluator")
+
+
+def evaluate(req: EvalRequest, on_progress=None, base_dir: str | None = None) -> dict[str, Any]:
     from tuneloop.evaluation.quick import load_for_eval
     from tuneloop.settings import load_settings, resolve_project
 
@@ -259,12 +278,10 @@ def evaluate(req: EvalRequest, on_progress=None) -> dict[str, Any]:
         technique, rows = _stage(req, Path(tmp))
     if not rows:
         raise ValidationError(f"{req.dataset} has no rows to evaluate.", param="dataset")
-    if technique == "rlvr" and not req.evaluators and not any(r.get("reward_model") for r in rows):
-        raise ValidationError("Prompt-only rows need an evaluator to score the answers.",
-                              hint="Pass --evaluator builtin:exact_match (or a file.py:function, an evaluator NAME, "
-                                   "Builtin.Correctness with --judge ...).", param="evaluator")
+    _check_evaluators(technique, req, rows)
     say(f"{len(rows)} {technique} rows; model {target.name}" + (f" (adapter on {target.base})" if target.adapter else ""))
     model, tok = load_for_eval(target.base, target.adapter)
+    say("model loaded")
     base = None
     if req.compare_base or (technique == "dpo" and target.adapter):
         base, _ = load_for_eval(target.base) if target.adapter else (None, None)
@@ -276,6 +293,7 @@ def evaluate(req: EvalRequest, on_progress=None) -> dict[str, Any]:
     answers: dict[str, list[str]] = {}
     if technique == "sft":
         result["model"], answers["model"] = _sft(model, tok, rows, req.max_new_tokens)
+        say("model evaluated")
         if req.compare_base and base is not None:
             result["base"], answers["base"] = _sft(base, tok, rows, req.max_new_tokens)
     elif technique == "dpo":
@@ -292,6 +310,7 @@ def evaluate(req: EvalRequest, on_progress=None) -> dict[str, Any]:
     else:
         prompts = [r["prompt"] for r in rows]
         answers["model"] = generate(model, tok, prompts, req.max_new_tokens)
+        say(f"{len(prompts)} answers generated")
         if req.compare_base and base is not None:
             answers["base"] = generate(base, tok, prompts, req.max_new_tokens)
     refs = list(req.evaluators) or sorted({r["reward_model"] for r in rows if r.get("reward_model")}) \
@@ -299,7 +318,8 @@ def evaluate(req: EvalRequest, on_progress=None) -> dict[str, Any]:
     if refs or (req.judge and req.compare_base and "base" in answers):
         from tuneloop.rewards.functions import RewardContext
 
-        with RewardContext(base_dir=Path.cwd(), judge_model=req.judge, models_dir=load_settings().models_dir) as ctx:
+        say("scoring answers" + (f" with {', '.join(refs)}" if refs else ""))
+        with RewardContext(base_dir=base_dir or Path.cwd(), judge_model=req.judge, models_dir=load_settings().models_dir) as ctx:
             if refs:
                 if "model" not in answers:
                     answers["model"] = generate(model, tok, [_split(r)[0] if "completion" in r or "messages" in r

@@ -29,7 +29,8 @@ class Store:
     # ---- jobs -------------------------------------------------------------------------------
     def insert_job(self, row: dict[str, Any]) -> bool:
         """Insert a queued job; False when another active job of that project+technique exists."""
-        row = {**row, "state": "queued", "active_key": f"{row['project']}:{row['technique']}",
+        key = row.pop("active_key", f"{row['project']}:{row['technique']}")   # None: any number may run (evals)
+        row = {**row, "state": "queued", "active_key": key,
                "created_at": utcnow(), "attempts": 0, "step": 0, "cancel_requested": False}
         row.setdefault("total_steps", 0)
         try:
