@@ -31,7 +31,7 @@ def main() -> None:
 
     from tuneloop.evaluation.metrics import answer_logprobs
     from tuneloop.evaluation.quick import load_for_eval
-    from tuneloop.evaluation.run import generate
+    from tuneloop.evaluation.quick import generate
     from tuneloop.models.builtin import ensure_builtin
 
     torch.manual_seed(0)

@@ -29,19 +29,26 @@ def evaluate_validation(trainer, tokenizer, technique: str, eval_path: Path) -> 
         rows = [r for r in _rows(eval_path) if isinstance(r.get("prompt"), str) and isinstance(r.get("completion"), str)]
         rows = rows[:MAX_GENERATE]
         if rows:
-            from tuneloop.evaluation.quick import exact_match, generate
+            from tuneloop.evaluation.quick import exact_match
 
             longest = max(len(tokenizer(r["completion"], add_special_tokens=False)["input_ids"]) for r in rows)
-            model = trainer.model
-            was_training = model.training
-            model.eval()
-            try:
-                answers = generate(model, tokenizer, [r["prompt"] for r in rows], max_new_tokens=longest + 4)
-            finally:
-                model.train(was_training)
+            answers = _greedy(trainer, tokenizer, [r["prompt"] for r in rows], longest + 4)
             out["eval_exact_match"] = exact_match(answers, [r["completion"] for r in rows])
             out["eval_exact_match_rows"] = float(len(rows))
     return out
+
+
+def _greedy(trainer, tokenizer, prompts: list[Any], max_new_tokens: int) -> list[str]:
+    """Greedy answers from the model being trained, in eval mode (then back to training mode)."""
+    from tuneloop.evaluation.quick import generate
+
+    model = trainer.model
+    was_training = model.training
+    model.eval()
+    try:
+        return generate(model, tokenizer, prompts, max_new_tokens)
+    finally:
+        model.train(was_training)
 
 
 def _rows(path: Path) -> list[dict[str, Any]]:
@@ -52,30 +59,13 @@ def evaluate_rl_validation(trainer, tokenizer, ctx, default_ref: str | None, eva
                            max_new_tokens: int) -> dict[str, float]:
     """RLVR/RLAIF: greedy answers to up to 64 validation prompts, scored by each row's reward
     (its reward_model, else the job's): eval_reward is the mean over the answers that scored."""
-    from tuneloop.evaluation.run import generate
-    from tuneloop.rewards.base import Sample
+    from tuneloop.evaluation.run import score_answers
 
     rows = _rows(eval_path)[:MAX_GENERATE]
-    model = trainer.model
-    was_training = model.training
-    model.eval()
-    try:
-        answers = generate(model, tokenizer, [r["prompt"] for r in rows], max_new_tokens)
-    finally:
-        model.train(was_training)
-    values: list[float] = []
-    failed = 0
-    by_ref: dict[str, list[int]] = {}
-    for i, r in enumerate(rows):
-        by_ref.setdefault(r.get("reward_model") or default_ref or "", []).append(i)
-    for ref, idx in by_ref.items():
-        samples = [Sample(f"eval-{i}", rows[i]["prompt"], answers[i],
-                          {k: v for k, v in rows[i].items() if k != "prompt"}) for i in idx]
-        for score in ctx.resolve(ref).score(samples):
-            if score.ok:
-                values.append(float(score.value))
-            else:
-                failed += 1
+    answers = _greedy(trainer, tokenizer, [r["prompt"] for r in rows], max_new_tokens)
+    scored = score_answers(ctx, rows, answers, default_ref=default_ref)
+    values = [s.value for scores in scored.values() for s in scores if s.ok]
+    failed = sum(1 for scores in scored.values() for s in scores if not s.ok)
     out = {"eval_rows": float(len(rows)), "eval_reward_failed": float(failed)}
     if values:
         out["eval_reward"] = sum(values) / len(values)

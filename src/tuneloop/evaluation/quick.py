@@ -31,15 +31,17 @@ def load_for_eval(model_dir: str, adapter_dir: str | None = None):
     return model.eval(), tok
 
 
-def _chat_prompts(tok, prompts: Sequence[str]) -> list[str]:
+def _chat_prompts(tok, prompts: Sequence[Any]) -> list[str]:
+    """Each prompt (a user message's text, or a message list) rendered for generation."""
     if getattr(tok, "chat_template", None):
-        return [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
-                for p in prompts]
-    return list(prompts)
+        return [tok.apply_chat_template([{"role": "user", "content": p}] if isinstance(p, str) else list(p),
+                                        tokenize=False, add_generation_prompt=True) for p in prompts]
+    return [p if isinstance(p, str) else "\n".join(m["content"] for m in p) for p in prompts]
 
 
-def generate(model, tok, prompts: Sequence[str], max_new_tokens: int = 32, batch_size: int = 16) -> list[str]:
-    """Greedy answers to user prompts, asked through the chat template (left-padded batches)."""
+def generate(model, tok, prompts: Sequence[Any], max_new_tokens: int = 32, batch_size: int = 16) -> list[str]:
+    """Greedy answers to prompts (text or message lists), asked through the chat template
+    (left-padded batches)."""
     import torch
 
     texts = _chat_prompts(tok, prompts)
@@ -68,23 +70,9 @@ def exact_match(answers: Sequence[str], references: Sequence[str]) -> float:
 
 def completion_logprob(model, tok, prompt: str, completion: str) -> float:
     """Sum of log-probabilities of the assistant turn `completion` after the user turn `prompt`."""
-    import torch
+    from tuneloop.evaluation.metrics import answer_logprobs
 
-    if getattr(tok, "chat_template", None):
-        p = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
-        full = tok.apply_chat_template([{"role": "user", "content": prompt},
-                                        {"role": "assistant", "content": completion}], tokenize=False)
-    else:
-        p, full = prompt, prompt + completion
-    p_ids = tok(p, add_special_tokens=False)["input_ids"]
-    ids = tok(full, add_special_tokens=False)["input_ids"]
-    x = torch.tensor([ids])
-    with torch.no_grad():
-        logits = model(input_ids=x).logits[0, :-1].float()
-    logp = torch.log_softmax(logits, -1)
-    targets = x[0, 1:]
-    picked = logp[torch.arange(len(targets)), targets]
-    return float(picked[len(p_ids) - 1:].sum())
+    return answer_logprobs(model, tok, [(prompt, completion)])[0][0]
 
 
 def preference_accuracy(model, tok, rows: Sequence[dict[str, Any]]) -> tuple[float, list[float]]:

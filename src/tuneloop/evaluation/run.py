@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneloop.errors import ValidationError
+from tuneloop.rewards.base import Score
 
 TECHNIQUES = ("sft", "dpo", "rlvr")
 
@@ -117,7 +118,7 @@ def _stage(req: EvalRequest, work: Path) -> tuple[str, list[dict[str, Any]]]:
                                    take=req.samples, command="tuneloop eval",
                                    reward_model=req.evaluators[0] if technique == "rlvr" and req.evaluators else None)
         except ValidationError as e:
-            if technique == "rlvr" and "reward_model" in e.message:
+            if technique == "rlvr" and "reward_model" in (getattr(e, "missing", None) or []):
                 e.hint = "Prompt-only rows are scored by evaluators: pass --evaluator REF (builtin:exact_match, " \
                          "file.py:function, an evaluator NAME, or Builtin.Correctness with --judge MODEL)."
             errors.append(e)
@@ -132,8 +133,9 @@ def _stage(req: EvalRequest, work: Path) -> tuple[str, list[dict[str, Any]]]:
 
 
 def _missing_columns(e: ValidationError) -> int:
-    line = next((d for d in e.details if d.strip().startswith("Missing:")), None)
-    return len(line.split(":", 1)[1].split(",")) if line else 0
+    """How far the data is from a technique's format: its missing columns (0 for other errors,
+    such as an unreadable file, which every technique would report alike)."""
+    return len(getattr(e, "missing", None) or [])
 
 
 def _split(row: dict[str, Any]) -> tuple[Any, str]:
@@ -145,32 +147,9 @@ def _split(row: dict[str, Any]) -> tuple[Any, str]:
     return row["prompt"], row["completion"]
 
 
-def generate(model, tok, prompts: list[Any], max_new_tokens: int, batch_size: int = 16) -> list[str]:
-    """Greedy answers; a prompt is a string (one user turn) or a message list."""
-    import torch
-
-    if getattr(tok, "chat_template", None):
-        texts = [tok.apply_chat_template([{"role": "user", "content": p}] if isinstance(p, str) else p,
-                                         tokenize=False, add_generation_prompt=True) for p in prompts]
-    else:
-        texts = [p if isinstance(p, str) else "\n".join(m["content"] for m in p) for p in prompts]
-    out, side = [], tok.padding_side
-    tok.padding_side = "left"
-    try:
-        for i in range(0, len(texts), batch_size):
-            enc = tok(texts[i:i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
-            enc = {k: v.to(model.device) for k, v in enc.items()}
-            with torch.no_grad():
-                ids = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                     pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-            out += [tok.decode(r[enc["input_ids"].shape[1]:], skip_special_tokens=True).strip() for r in ids]
-    finally:
-        tok.padding_side = side
-    return out
-
-
 def _sft(model, tok, rows, max_new_tokens) -> tuple[dict[str, float], list[str]]:
     from tuneloop.evaluation.metrics import answer_logprobs, sft_metrics
+    from tuneloop.evaluation.quick import generate
 
     pairs = [_split(r) for r in rows]
     metrics = sft_metrics(answer_logprobs(model, tok, pairs))
@@ -192,24 +171,34 @@ def _logp_preference(pairs: list[tuple[float, float]]) -> dict[str, float]:
             "logp_margin": sum(c - r for c, r in pairs) / len(pairs), "pairs": float(len(pairs))}
 
 
-def _scores(ctx, refs: list[str], rows, answers, explicit: bool) -> dict[str, float]:
-    """Mean reward per evaluator: over every row (--evaluator), or the rows naming it (reward_model)."""
+def score_answers(ctx, rows: list[dict[str, Any]], answers: list[str], refs: list[str] | None = None,
+                  default_ref: str | None = None) -> dict[str, list[Score]]:
+    """Each reward's scores of the answers it applies to: with `refs`, every ref scores every row;
+    otherwise each row is scored by its reward_model, else `default_ref`. One call per reward."""
     from tuneloop.rewards.base import Sample
 
+    groups: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        for ref in refs or [r.get("reward_model") or default_ref or ""]:
+            groups.setdefault(ref, []).append(i)
+    out = {}
+    for ref, idx in groups.items():
+        samples = [Sample(str(i), rows[i]["prompt"] if isinstance(rows[i]["prompt"], list) else
+                          [{"role": "user", "content": rows[i]["prompt"]}], answers[i],
+                          {k: v for k, v in rows[i].items() if k != "prompt"}) for i in idx]
+        out[ref] = ctx.resolve(ref).score(samples)
+    return out
+
+
+def _reward_means(scored: dict[str, list[Score]]) -> dict[str, float]:
+    """reward/<ref>: the mean over the answers that scored; its failures and metrics_list means."""
     out: dict[str, float] = {}
-    for ref in refs:
-        fn = ctx.resolve(ref)
-        picked = [(i, r) for i, r in enumerate(rows) if explicit or r.get("reward_model") == ref]
-        samples = [Sample(str(i), r["prompt"] if isinstance(r["prompt"], list) else
-                          [{"role": "user", "content": r["prompt"]}], answers[i],
-                          {k: v for k, v in r.items() if k not in ("prompt",)}) for i, r in picked]
-        scores = fn.score(samples)
-        ok = [s.value for s in scores if s.ok]
-        out[f"reward/{ref}"] = sum(ok) / len(ok) if ok else float("nan")
+    for ref, scores in scored.items():
+        ok = [s for s in scores if s.ok]
+        out[f"reward/{ref}"] = sum(s.value for s in ok) / len(ok) if ok else float("nan")
         out[f"reward/{ref}/failed"] = float(len(scores) - len(ok))
-        metric_names = {k for s in scores if s.ok for k in s.metrics}
-        for k in sorted(metric_names):
-            vals = [s.metrics[k] for s in scores if s.ok and k in s.metrics]
+        for k in sorted({k for s in ok for k in s.metrics}):
+            vals = [s.metrics[k] for s in ok if k in s.metrics]
             out[f"reward/{ref}/{k}"] = sum(vals) / len(vals)
     return out
 
@@ -261,7 +250,7 @@ def _check_evaluators(technique: str, req: EvalRequest, rows: list[dict[str, Any
 
 
 def evaluate(req: EvalRequest, on_progress=None, base_dir: str | None = None) -> dict[str, Any]:
-    from tuneloop.evaluation.quick import load_for_eval
+    from tuneloop.evaluation.quick import generate, load_for_eval
     from tuneloop.settings import load_settings, resolve_project
 
     say = on_progress or (lambda message: None)
@@ -313,21 +302,24 @@ def evaluate(req: EvalRequest, on_progress=None, base_dir: str | None = None) ->
         say(f"{len(prompts)} answers generated")
         if req.compare_base and base is not None:
             answers["base"] = generate(base, tok, prompts, req.max_new_tokens)
-    refs = list(req.evaluators) or sorted({r["reward_model"] for r in rows if r.get("reward_model")}) \
-        if technique == "rlvr" else list(req.evaluators)
+    refs = list(req.evaluators)
+    if technique == "rlvr" and not refs:   # the rows name their rewards
+        refs = sorted({r["reward_model"] for r in rows if r.get("reward_model")})
     if refs or (req.judge and req.compare_base and "base" in answers):
         from tuneloop.rewards.functions import RewardContext
 
         say("scoring answers" + (f" with {', '.join(refs)}" if refs else ""))
-        with RewardContext(base_dir=base_dir or Path.cwd(), judge_model=req.judge, models_dir=load_settings().models_dir) as ctx:
+        with RewardContext(base_dir=base_dir or Path.cwd(), judge_model=req.judge,
+                           models_dir=load_settings().models_dir) as ctx:
             if refs:
                 if "model" not in answers:
                     answers["model"] = generate(model, tok, [_split(r)[0] if "completion" in r or "messages" in r
                                                              else r["prompt"] for r in rows], req.max_new_tokens)
-                explicit = bool(req.evaluators)
-                result["model"].update(_scores(ctx, refs, rows, answers["model"], explicit))
+                given = list(req.evaluators) or None   # None: each row's own reward_model
+                result["model"].update(_reward_means(score_answers(ctx, rows, answers["model"], given)))
                 if "base" in answers:
-                    result["base"] = (result["base"] or {}) | _scores(ctx, refs, rows, answers["base"], explicit)
+                    result["base"] = (result["base"] or {}) | _reward_means(
+                        score_answers(ctx, rows, answers["base"], given))
             if req.judge and req.compare_base and "base" in answers:
                 say(f"pairwise judging {len(rows)} prompts x 2 orders with {req.judge}")
                 result["model"].update(_win_rate(ctx.judge(), rows, answers["model"], answers["base"]))
