@@ -38,6 +38,7 @@ class DatasetError(ValidationError):
     """The dataset cannot be read or does not match the technique's schema."""
 
     code = "invalid_file"
+    missing: list[str] | None = None   # schema mismatch: the columns the technique needs and the data lacks
 
 
 class CatalogError(ValidationError):

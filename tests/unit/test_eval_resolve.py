@@ -44,3 +44,19 @@ def test_deployed_names_and_unknown_references(home, adapter):
         resolve_eval_model("my-models@v2")
     with pytest.raises(ValidationError, match="is not a folder, a job, a registered version"):
         resolve_eval_model("no-such-thing")
+
+
+def test_data_that_fits_no_format_gets_the_closest_formats_error(home, tmp_path):
+    from tuneloop.evaluation.run import EvalRequest, check_request
+
+    data = tmp_path / "rows.jsonl"
+    data.write_text(json.dumps({"prompt": [{"role": "user", "content": "Copy red"}], "answer": "red"}) + "\n")
+    with pytest.raises(ValidationError) as err:  # sft and rlvr each lack one column; dpo lacks two
+        check_request(EvalRequest(model="tuneloop/tiny-qwen3", dataset=str(data)))
+    assert err.value.missing in (["completion"], ["reward_model"]) and "Pass --technique to choose" in err.value.hint
+    with pytest.raises(ValidationError) as err:
+        check_request(EvalRequest(model="tuneloop/tiny-qwen3", dataset=str(data), technique="rlvr"))
+    assert err.value.missing == ["reward_model"] and "pass --evaluator REF" in err.value.hint
+    technique, rows = check_request(EvalRequest(model="tuneloop/tiny-qwen3", dataset=str(data),
+                                                evaluators=["builtin:exact_match"]))
+    assert (technique, rows) == ("rlvr", 1)

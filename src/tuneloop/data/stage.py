@@ -499,11 +499,13 @@ def _column_mismatch(path: str, where: str, columns: list[str], technique: str, 
         cmap = ",".join(f"{s}:{d}" for s, d in suggestion.items())
         hint = f"Map your columns onto the expected ones:\n  {command} --dataset {_quote(source)} --column-map \"{cmap}\""
     accepted = ", ".join(formats.FORMAT_NAMES[f] for f in formats.ACCEPTED[technique])
-    return DatasetError(
+    error = DatasetError(
         f"Dataset {path} does not have the columns {technique} needs ({where}).",
         details=[f"Required: {', '.join(required)}", f"Detected: {', '.join(columns) or '(none)'}",
                  f"Missing:  {', '.join(missing)}", f"Accepted formats: {accepted}"],
         hint=hint, param="dataset")
+    error.missing = list(missing)   # for callers that try several techniques (tuneloop eval)
+    return error
 
 
 def _no_transform_error(e: formats.ChatFormatHalt, technique: str, source: str, command: str,
