@@ -46,3 +46,17 @@ def cli(*args: str, env: dict | None = None, timeout: float = 300, input: str | 
     """Run `tuneloop ARGS` as a user would, in a subprocess."""
     return subprocess.run([sys.executable, "-m", "tuneloop", *args], capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, timeout=timeout, input=input, cwd=REPO)
+
+
+HEAVY = ("torch", "transformers", "trl", "peft", "datasets", "mlflow", "matplotlib")
+
+
+def heavy_imports(*argv: str, modules: tuple[str, ...] = HEAVY) -> list[str]:
+    """Which of `modules` `tuneloop ARGV` imports (commands that do not train must stay light)."""
+    code = ("import json, sys, runpy; sys.argv=['tuneloop', *sys.argv[2:]]\n"
+            "try:\n    runpy.run_module('tuneloop', run_name='__main__')\nexcept SystemExit: pass\n"
+            "print('HEAVY=' + json.dumps([m for m in sys.argv[1].split(',') if m in sys.modules]), file=sys.stderr)")
+    r = subprocess.run([sys.executable, "-c", code, ",".join(modules), *argv], capture_output=True, text=True)
+    line = next((l for l in r.stderr.splitlines() if l.startswith("HEAVY=")), None)
+    assert line is not None, r.stderr
+    return json.loads(line[6:])

@@ -2,12 +2,10 @@
 and creates no job; paths that do not train never import torch."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 
-from tests.conftest import DEMO_DATA, cli, write_jsonl
+from tests.conftest import DEMO_DATA, cli, heavy_imports, write_jsonl
 
 
 def _no_jobs(home):
@@ -17,14 +15,10 @@ def _no_jobs(home):
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["tune", "--status"], ["tune", "--help"], ["config", "--json"],
-                                  ["models", "--json"], ["status"], ["registry", "list"]])
+                                  ["models", "--json"], ["status"], ["registry", "list"],
+                                  ["eval", "--help"], ["metrics", "--help"]])
 def test_paths_that_do_not_train_do_not_import_torch(home, argv):
-    code = ("import sys, runpy; sys.argv=['tuneloop', *sys.argv[1:]]\n"
-            "try:\n    runpy.run_module('tuneloop', run_name='__main__')\nexcept SystemExit: pass\n"
-            "heavy = [m for m in ('torch', 'transformers', 'trl', 'peft', 'datasets') if m in sys.modules]\n"
-            "print('HEAVY', heavy, file=sys.stderr)")
-    r = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True)
-    assert "HEAVY []" in r.stderr, r.stderr
+    assert heavy_imports(*argv) == []
 
 
 def test_list_models(home):

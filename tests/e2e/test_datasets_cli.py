@@ -3,22 +3,15 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
-from tests.conftest import DEMO_DATA, cli, write_jsonl
+from tests.conftest import DEMO_DATA, cli, heavy_imports, write_jsonl
 
 
 @pytest.mark.parametrize("argv", [["datasets", "--help"], ["datasets", "list"], ["datasets", "stage", "--help"]])
 def test_datasets_paths_do_not_import_heavy_libraries(home, argv):
-    code = ("import sys, runpy; sys.argv=['tuneloop', *sys.argv[1:]]\n"
-            "try:\n    runpy.run_module('tuneloop', run_name='__main__')\nexcept SystemExit: pass\n"
-            "heavy = [m for m in ('torch', 'transformers', 'trl', 'peft', 'datasets') if m in sys.modules]\n"
-            "print('HEAVY', heavy, file=sys.stderr)")
-    r = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True)
-    assert "HEAVY []" in r.stderr, r.stderr
+    assert heavy_imports(*argv) == []
 
 
 def test_stage_reports_conversions_counts_and_token_lengths(home, tmp_path):

@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from tests.conftest import cli, write_jsonl
+from tests.conftest import cli, heavy_imports, write_jsonl
 
 P = [{"role": "user", "content": "Please copy the word gold."}]
 ROWS = [{"prompt": [{"role": "user", "content": f"Please copy the word {c}."}], "answer": c}
@@ -159,12 +159,4 @@ def test_rlvr_job_through_the_cli_with_a_registered_evaluator(home, files):
 
 @pytest.mark.parametrize("argv", [["evaluators", "--help"], ["evaluators", "list"], ["evaluators", "versions", "x"]])
 def test_evaluator_commands_do_not_import_torch(home, argv):
-    import subprocess
-    import sys
-
-    code = ("import sys, runpy; sys.argv=['tuneloop', *sys.argv[1:]]\n"
-            "try:\n    runpy.run_module('tuneloop', run_name='__main__')\nexcept SystemExit: pass\n"
-            "heavy = [m for m in ('torch', 'transformers', 'trl', 'peft', 'datasets') if m in sys.modules]\n"
-            "print('HEAVY', heavy, file=sys.stderr)")
-    r = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True)
-    assert "HEAVY []" in r.stderr, r.stderr
+    assert heavy_imports(*argv) == []

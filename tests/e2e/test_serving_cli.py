@@ -4,24 +4,17 @@ bad input with exit 1 and a fix, and never import torch."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
-from tests.conftest import cli
+from tests.conftest import cli, heavy_imports
 from tests.unit.test_serving_adapters import make_adapter, make_base
 
 
 @pytest.mark.parametrize("argv", [["serve", "--help"], ["adapter", "list"], ["deployment"], ["test", "--help"],
                                   ["add-ic", "--help"], ["deploy", "--help"]])
 def test_deployment_commands_do_not_import_torch(home, argv):
-    code = ("import sys, runpy; sys.argv=['tuneloop', *sys.argv[1:]]\n"
-            "try:\n    runpy.run_module('tuneloop', run_name='__main__')\nexcept SystemExit: pass\n"
-            "heavy = [m for m in ('torch', 'transformers', 'peft', 'fastapi', 'uvicorn') if m in sys.modules]\n"
-            "print('HEAVY', heavy, file=sys.stderr)")
-    r = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True)
-    assert "HEAVY []" in r.stderr, r.stderr
+    assert heavy_imports(*argv, modules=("torch", "transformers", "peft", "fastapi", "uvicorn")) == []
 
 
 def test_recorded_without_a_server_then_listed_and_removed(home, models_dir, tmp_path):

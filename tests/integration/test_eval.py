@@ -8,12 +8,12 @@ from __future__ import annotations
 import json
 import math
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import DEMO_DATA, write_jsonl
+from tests.stubs import JsonHandler, chat_completion, serve
 
 pytestmark = pytest.mark.slow
 
@@ -114,45 +114,33 @@ def test_mean_reward_of_an_evaluator_over_the_recorded_answers(home, tmp_path, a
     assert result["model"]["reward/builtin:exact_match"] == sum(a == r["answer"] for a, r in zip(answers, rows)) / 12
 
 
-class ColourJudge(BaseHTTPRequestHandler):
-    """Pairwise rule: the response that is a colour word wins; both or neither: tie."""
-
-    def log_message(self, *args):
-        pass
+class ColourJudge(JsonHandler):
+    """Pairwise: the response that is a colour word wins; both or neither: tie. Pointwise (a reward
+    prompt such as Builtin.Correctness): 10 for a colour word, else 2."""
 
     def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        body = self.read_json()
         text = body["messages"][-1]["content"]
         if "Response A:" in text:
             a = text.split("Response A:\n", 1)[1].split("\n\nResponse B:", 1)[0].strip()
             b = text.split("Response B:\n", 1)[1].split("\n\nWhich response", 1)[0].strip()
             verdict = "tie" if (a in COLOURS) == (b in COLOURS) else ("A" if a in COLOURS else "B")
             answer = f"Verdict: {verdict}"
-        else:  # a pointwise reward prompt (Builtin.Correctness): 10 for a colour word, else 2
+        else:
             response = text.split("Response:\n", 1)[1].split("\n\n", 1)[0].strip()
             answer = f"Score: {10 if response in COLOURS else 2}/10"
-        data = json.dumps({"id": "x", "object": "chat.completion", "model": body["model"], "choices": [
-            {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": answer}}]})
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data.encode())
+        self.send_json(chat_completion(body["model"], answer))
 
 
 def test_win_rate_against_the_base_with_a_deterministic_judge(home, tmp_path, adapter, monkeypatch):
     from tuneloop.evaluation.run import EvalRequest, evaluate
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), ColourJudge)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     monkeypatch.setenv("OPENAI_API_KEY", "unused")
-    try:
-        rows = HELD[:16]
+    rows = HELD[:16]
+    with serve(ColourJudge) as url:
         result = evaluate(EvalRequest(model=adapter, dataset=str(write_jsonl(tmp_path / "r.jsonl", rows)),
                                       evaluators=["builtin:exact_match"], compare_base=True, max_new_tokens=6,
-                                      judge=f"openai:colour-rule@http://127.0.0.1:{server.server_address[1]}/v1"))
-    finally:
-        server.shutdown()
+                                      judge=f"openai:colour-rule@{url}/v1"))
     pairs = [(s["model"], s["base"]) for s in result["samples"]]
     expected = sum(0.5 if (m in COLOURS) == (b in COLOURS) else float(m in COLOURS) for m, b in pairs) / 16
     print(f"win rate vs base {result['model']['win_rate_vs_base']:.3f} (rule applied by hand {expected:.3f})")
@@ -171,15 +159,11 @@ def test_sdk_custom_scorer_and_llm_as_judge_evaluators(home, tmp_path, train, mo
     answers = [s["model"] for s in scored.results["samples"]]
     assert scored.metrics["reward/builtin:exact_match"] == sum(a == r["answer"] for a, r in zip(answers, HELD)) / 8
     assert scored.base_metrics["reward/builtin:exact_match"] == 0.0
-    server = ThreadingHTTPServer(("127.0.0.1", 0), ColourJudge)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     monkeypatch.setenv("OPENAI_API_KEY", "unused")
-    try:
-        judged = LLMAsJudgeEvaluator(model=job, evaluator_model=f"openai:rule@http://127.0.0.1:{server.server_address[1]}/v1",
-                                     dataset=data, builtin_metrics=["Correctness"], evaluate_base_model=True,
+    with serve(ColourJudge) as url:
+        judged = LLMAsJudgeEvaluator(model=job, evaluator_model=f"openai:rule@{url}/v1", dataset=data,
+                                     builtin_metrics=["Correctness"], evaluate_base_model=True,
                                      max_new_tokens=6).evaluate()
-    finally:
-        server.shutdown()
     answers = [s["model"] for s in judged.results["samples"]]
     expected = sum(1.0 if a in COLOURS else 0.2 for a in answers) / 8
     assert judged.metrics["reward/Builtin.Correctness"] == pytest.approx(expected)
@@ -200,3 +184,33 @@ def test_benchmark_evaluator_says_what_is_missing(home):
         assert "needs EleutherAI's lm-eval" in err.value.message and "pip install lm-eval" in err.value.hint
     else:
         assert "HF_HUB_OFFLINE" in err.value.message
+
+
+def test_a_cancel_request_stops_a_running_eval_job_at_its_next_phase(home, tmp_path):
+    import time
+
+    from tuneloop.evaluation.run import EvalRequest
+    from tuneloop.service.jobs import JobService
+    from tuneloop.service.runner import run_job
+    from tuneloop.settings import load_settings
+    from tuneloop.store import open_store
+
+    settings = load_settings()
+    svc = JobService(open_store(settings.database_url), settings)
+    rows = [{"prompt": f"Tell me about the number {i}.", "completion": "ok"} for i in range(64)]
+    job = svc.submit_eval(EvalRequest(model="tuneloop/tiny-qwen3", compare_base=False, max_new_tokens=64,
+                                      dataset=str(write_jsonl(tmp_path / "rows.jsonl", rows))), launch=False)
+
+    def cancel_once_running():
+        while svc.get(job["id"])["state"] != "running":
+            time.sleep(0.05)
+        svc.cancel(job["id"])
+
+    canceller = threading.Thread(target=cancel_once_running)
+    canceller.start()
+    assert run_job(svc.store, job["id"]) == "cancelled"
+    canceller.join()
+    job = svc.get(job["id"])
+    assert job["state"] == "cancelled" and job["output_path"] is None
+    messages = [e["message"] for e in svc.store.list_events(job["id"])]
+    assert "job cancelled" in messages and not any(m.startswith("evaluation completed") for m in messages)

@@ -14,13 +14,12 @@ from __future__ import annotations
 import hashlib
 import json
 import textwrap
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import DEMO_DATA
+from tests.stubs import JsonHandler, chat_completion, serve
 
 pytestmark = pytest.mark.slow
 
@@ -140,34 +139,24 @@ def test_rlvr_with_a_file_function_in_the_sandbox(home, warm_start, before, mode
     assert all("said_a_colour" in s for s in steps) and steps[-1]["said_a_colour"] > 0.9
 
 
-class RewardEndpoint(BaseHTTPRequestHandler):
+class RewardEndpoint(JsonHandler):
     """A reward endpoint in the seed's Lambda shape: {statusCode, body: "[{id, aggregate_reward_score, ...}]"}."""
 
     calls = 0
 
-    def log_message(self, *args):
-        pass
-
     def do_POST(self):
         type(self).calls += 1
-        items = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        items = self.read_json()
         results = [{"id": it["id"], "aggregate_reward_score": float(it["completion"].strip() == it["answer"]),
                     "metrics_list": [{"name": "chars", "value": len(it["completion"]), "type": "Metric"}]}
                    for it in items]
-        data = json.dumps({"statusCode": 200, "body": json.dumps(results)}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        self.send_json({"statusCode": 200, "body": json.dumps(results)})
 
 
 @pytest.fixture
 def reward_server():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), RewardEndpoint)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/reward"
-    server.shutdown()
+    with serve(RewardEndpoint) as url:
+        yield f"{url}/reward"
 
 
 def test_rlvr_full_rank_with_an_http_endpoint(home, warm_start, before, models_dir, reward_server):
@@ -183,7 +172,7 @@ def test_rlvr_full_rank_with_an_http_endpoint(home, warm_start, before, models_d
 
 
 # ---- RLAIF --------------------------------------------------------------------------------------------
-class RuleJudge(BaseHTTPRequestHandler):
+class RuleJudge(JsonHandler):
     """An OpenAI-compatible chat endpoint whose 'model' is a rule: Builtin.Correctness prompts are
     scored 10 when the response equals the reference answer, 0 otherwise, in varied real-judge
     formats. One request in 17 gets an answer with no score (asked again, it scores), and one judge
@@ -191,11 +180,8 @@ class RuleJudge(BaseHTTPRequestHandler):
 
     requests: list[str] = []
 
-    def log_message(self, *args):
-        pass
-
     def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        body = self.read_json()
         assert self.path == "/v1/chat/completions" and self.headers["Authorization"] == "Bearer judge-key"
         text = body["messages"][-1]["content"]
         type(self).requests.append(text)
@@ -207,24 +193,15 @@ class RuleJudge(BaseHTTPRequestHandler):
         answer = ("I am not able to grade this." if hopeless or n % 17 == 0 else
                   [f"Score: {10 if good else 0}", json.dumps({"score": 10 if good else 0, "reason": "rule"}),
                    f"{10 if good else 1}/10", f"{10 if good else 0}"][n % 4])
-        data = json.dumps({"id": f"chatcmpl-{n}", "object": "chat.completion", "model": body["model"],
-                           "choices": [{"index": 0, "finish_reason": "stop",
-                                        "message": {"role": "assistant", "content": answer}}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        self.send_json(chat_completion(body["model"], answer, n))
 
 
 @pytest.fixture
 def judge_server(monkeypatch):
-    server = ThreadingHTTPServer(("127.0.0.1", 0), RuleJudge)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     monkeypatch.setenv("TUNELOOP_JUDGE_API_KEY", "judge-key")
     RuleJudge.requests = []
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    server.shutdown()
+    with serve(RuleJudge) as url:
+        yield f"{url}/v1"
 
 
 def test_rlaif_with_a_judge_behind_the_openai_api(home, warm_start, before, models_dir, judge_server):

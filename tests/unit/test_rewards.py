@@ -4,8 +4,6 @@ each against its documented behaviour. Pure and fast except the HTTP tests (a re
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -16,6 +14,8 @@ from tuneloop.rewards.graders import (GraderConfigError, GraderReward, bleu, che
                                       rouge_l, rouge_n)
 from tuneloop.rewards.judge import JudgeReward, parse_judge_ref, parse_score
 from tuneloop.rewards.prompts import PromptError, Renderer, load_prompt
+
+from tests.stubs import JsonHandler, serve
 
 P = [{"role": "user", "content": "What is 2 + 2?"}]
 
@@ -292,16 +292,13 @@ def test_judge_reward_caches_and_counts_unparseable():
 
 
 # ---- HTTP endpoints ----------------------------------------------------------------------------------------
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(JsonHandler):
     mode = "plain"
     hits = 0
 
-    def log_message(self, *args):
-        pass
-
     def do_POST(self):
         type(self).hits += 1
-        items = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        items = self.read_json()
         if self.mode == "flaky" and type(self).hits % 2 == 1:
             self.send_response(503)
             self.end_headers()
@@ -314,21 +311,13 @@ class _Handler(BaseHTTPRequestHandler):
         out = [{"id": it["id"], "aggregate_reward_score": float(it["completion"] == it["answer"]),
                 "metrics_list": [{"name": "length", "value": len(it["completion"]), "type": "Metric"}]}
                for it in items]
-        body = {"statusCode": 200, "body": json.dumps(out)} if self.mode in ("lambda", "flaky") else out
-        data = json.dumps(body).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        self.send_json({"statusCode": 200, "body": json.dumps(out)} if self.mode in ("lambda", "flaky") else out)
 
 
 @pytest.fixture
 def endpoint():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/reward"
-    server.shutdown()
+    with serve(_Handler) as url:
+        yield f"{url}/reward"
 
 
 @pytest.mark.parametrize("mode", ["plain", "lambda", "flaky"])
