@@ -85,7 +85,8 @@ def test_racing_submissions_create_one_job_and_cancel_stops_it(home):
     job_id = ids.pop()
     wait_for(lambda: jobs(home)[0]["step"] > 0)
     r = cli("cancel", job_id)
-    assert r.returncode == 0 and "Cancel requested" in r.stdout
+    # the runner may notice the request and stop before `cancel` reads the job back: both are fine
+    assert r.returncode == 0 and ("Cancel requested" in r.stdout or f"{job_id} is cancelled" in r.stdout), r.stdout
     [job] = wait_for(lambda: (js := jobs(home)) and js[0]["state"] == "cancelled" and js)
     assert job["step"] < 2000
     r = cli("tune", "--technique", "sft", "--dataset", SFT)
