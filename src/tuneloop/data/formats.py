@@ -141,9 +141,11 @@ def check_messages(value: Any, column: str) -> list[dict[str, str]]:
 
 
 def make_converter(technique: str, fmt: str, *, no_transform: bool = False, reward_model: str | None = None,
-                   notes: dict[str, str] | None = None) -> Callable[[dict[str, Any]], dict[str, Any]]:
+                   notes: dict[str, str] | None = None,
+                   reward_check: Callable[[str], str | None] | None = None) -> Callable[[dict[str, Any]], dict[str, Any]]:
     """A function from a source row of format `fmt` to the canonical row. Flattened columns are
-    recorded once in `notes` ({column: seed-worded message})."""
+    recorded once in `notes` ({column: seed-worded message}). `reward_check` says why a row's own
+    `reward_model` is refused (None: allowed); data never chooses code or URLs unchecked."""
     notes = {} if notes is None else notes
 
     def text(value: Any, col: str) -> str:
@@ -233,6 +235,10 @@ def make_converter(technique: str, fmt: str, *, no_transform: bool = False, rewa
             if type(reward) is not str:
                 raise RecordProblem(f"column 'reward_model' must be a string, got {_type_name(reward)}",
                                     "reward_model")
+            if reward_check is not None and "reward_model" in record:
+                why = reward_check(reward)
+                if why:
+                    raise RecordProblem(why, "reward_model")
             out = {"prompt": prompt, "reward_model": reward}
             out.update((k, v) for k, v in record.items() if k not in out and k != prompt_src)
             return out

@@ -81,12 +81,14 @@ def default_lookup(ref: str) -> dict[str, Any] | None:
 def stage_dataset(source: str, technique: str, output: Path, *, column_map: str | None = None,
                   no_transform: bool = False, take: int | None = None, reward_model: str | None = None,
                   lookup: Callable[[str], Any] | None = default_lookup, command: str | None = None,
-                  max_line_bytes: int | None = None) -> StageResult:
+                  max_line_bytes: int | None = None,
+                  reward_check: Callable[[str], str | None] | None = None) -> StageResult:
     """Validate the whole source and write canonical JSONL to `output` (atomically).
 
     `lookup` resolves registered dataset names (None: names are not looked up); `command` is the
     command line that hints repeat (default `tuneloop tune --technique T`); `reward_model` fills
-    RL rows that have no reward_model column (from --reward-function / --reward-prompt)."""
+    RL rows that have no reward_model column (from --reward-function / --reward-prompt);
+    `reward_check` refuses the rows whose own reward_model it does not allow (with their line)."""
     command = command or f"tuneloop tune --technique {technique}"
     mapping = parse_column_map(column_map)
     resolved = sources.resolve(source, lookup=lookup)
@@ -105,7 +107,7 @@ def stage_dataset(source: str, technique: str, output: Path, *, column_map: str 
     tmp = output.with_name(output.name + ".partial")
     try:
         result = _stage(resolved, technique, tmp, mapping=mapping, no_transform=no_transform, take=take,
-                        reward_model=reward_model, command=command, column_map=column_map,
+                        reward_model=reward_model, reward_check=reward_check, command=command, column_map=column_map,
                         max_line_bytes=max_line_bytes)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -155,9 +157,9 @@ class _Pipeline:
     sequential path and the parallel workers. Problems are kept as (file label, location, message)."""
 
     def __init__(self, technique: str, mapping: dict[str, str], no_transform: bool, reward_model: str | None,
-                 take: int | None = None):
+                 take: int | None = None, reward_check: Callable[[str], str | None] | None = None):
         self.technique, self.mapping, self.no_transform = technique, mapping, no_transform
-        self.reward_model, self.take = reward_model, take
+        self.reward_model, self.take, self.reward_check = reward_model, take, reward_check
         self.notes: dict[str, str] = {}
         self.fmt = ""
         self.convert: Callable[[dict], dict] | None = None
@@ -185,7 +187,8 @@ class _Pipeline:
     def use_format(self, fmt: str) -> None:
         self.fmt = fmt
         self.convert = formats.make_converter(self.technique, fmt, no_transform=self.no_transform,
-                                              reward_model=self.reward_model, notes=self.notes)
+                                              reward_model=self.reward_model, notes=self.notes,
+                                              reward_check=self.reward_check)
         self.text_cols = () if fmt == formats.MESSAGES else tuple(
             c for c, kind in SCHEMAS[self.technique].items() if kind == "string" and c != "reward_model")
 
@@ -258,8 +261,9 @@ class _Pipeline:
 
 def _stage(resolved: sources.ResolvedSource, technique: str, tmp: Path, *, mapping: dict[str, str],
            no_transform: bool, take: int | None, reward_model: str | None, command: str,
+           reward_check: Callable[[str], str | None] | None = None,
            column_map: str | None, max_line_bytes: int | None, workers: int | None = None) -> StageResult:
-    pipe = _Pipeline(technique, mapping, no_transform, reward_model, take)
+    pipe = _Pipeline(technique, mapping, no_transform, reward_model, take, reward_check)
     digest = hashlib.sha256()
     all_jsonl = True
     workers = stage_workers() if workers is None else workers
@@ -394,8 +398,8 @@ def _boundaries(path: str, n: int) -> list[int]:
 
 
 def _worker(args: tuple) -> dict[str, Any]:
-    (path, start, end, part, technique, fmt, mapping, no_transform, reward_model, max_line_bytes) = args
-    pipe = _Pipeline(technique, mapping, no_transform, reward_model)
+    (path, start, end, part, technique, fmt, mapping, no_transform, reward_model, max_line_bytes, reward_check) = args
+    pipe = _Pipeline(technique, mapping, no_transform, reward_model, reward_check=reward_check)
     pipe.use_format(fmt)
     stats: dict[str, int] = {}
     halt = None
@@ -440,7 +444,7 @@ def _stage_parallel(pipe: _Pipeline, f: sources.DataFile, out: Any, digest: Any,
     cuts = _boundaries(f.path, workers)
     parts = [Path(str(out.name) + f".part{i}") for i in range(len(cuts) - 1)]
     jobs = [(f.path, cuts[i], cuts[i + 1], str(parts[i]), pipe.technique, pipe.fmt, pipe.mapping, pipe.no_transform,
-             pipe.reward_model, max_line_bytes) for i in range(len(cuts) - 1)]
+             pipe.reward_model, max_line_bytes, pipe.reward_check) for i in range(len(cuts) - 1)]
     try:
         with ProcessPoolExecutor(max_workers=len(jobs), mp_context=multiprocessing.get_context("fork")) as pool:
             results = list(pool.map(_worker, jobs))
