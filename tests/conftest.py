@@ -16,6 +16,7 @@ os.environ["TOKENIZERS_PARALLELISM"] = "false"
 os.environ.pop("TUNELOOP_PROJECT", None)
 os.environ.pop("TUNELOOP_DATABASE_URL", None)
 os.environ.pop("MLFLOW_TRACKING_URI", None)   # tracking is off unless a test turns it on
+os.environ["TUNELOOP_ALLOW_URLS"] = "loopback"  # the tests' stand-in endpoints listen on 127.0.0.1
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_DATA = REPO / "src" / "tuneloop" / "demo_data"

@@ -352,9 +352,15 @@ class Evaluator:
 
 
 class _RLTrainer(_Trainer):
-    def __init__(self, *args: Any, skip_reward_validation: bool = False, **kwargs: Any):
+    def __init__(self, *args: Any, skip_reward_validation: bool = False, allow_row_rewards: list[str] | None = None,
+                 unsafe_reward_sandbox: bool = False, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.skip_reward_validation = skip_reward_validation
+        self.allow_row_rewards, self.unsafe_reward_sandbox = list(allow_row_rewards or []), unsafe_reward_sandbox
+
+    def _safety(self) -> dict[str, Any]:
+        return {"skip_reward_validation": self.skip_reward_validation, "allow_row_rewards": self.allow_row_rewards,
+                "unsafe_reward_sandbox": self.unsafe_reward_sandbox}
 
 
 class RLVRTrainer(_RLTrainer):
@@ -369,8 +375,7 @@ class RLVRTrainer(_RLTrainer):
 
     def _reward_request(self) -> dict[str, Any]:
         fn = self.custom_reward_function
-        return {"reward_function": str(fn) if fn is not None else None,
-                "skip_reward_validation": self.skip_reward_validation}
+        return {"reward_function": str(fn) if fn is not None else None, **self._safety()}
 
 
 class RLAIFTrainer(_RLTrainer):
@@ -387,7 +392,7 @@ class RLAIFTrainer(_RLTrainer):
         prompt = self.reward_prompt
         prompt = getattr(prompt, "value", prompt)
         return {"reward_prompt": str(prompt) if prompt is not None else None, "judge_model": self.reward_model_id,
-                "skip_reward_validation": self.skip_reward_validation}
+                **self._safety()}
 
 
 # ---- Evaluation (SageMaker V3 names): benchmark, custom scorer, LLM-as-judge ------------------------------

@@ -128,6 +128,8 @@ class JobSpec:
     mlflow_uri: str | None = None           # MLflow tracking URI (--mlflow-uri, else MLFLOW_TRACKING_URI at submit)
     mlflow_experiment: str | None = None    # default: tuneloop-<project>
     mlflow_run_name: str | None = None      # default: the job name
+    allow_row_rewards: list[str] = field(default_factory=list)   # rewards rows may name besides the defaults
+    unsafe_reward_sandbox: bool = False     # run user reward code without namespace isolation (--unsafe-reward-sandbox)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)

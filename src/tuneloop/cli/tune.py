@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -31,7 +31,8 @@ def tune(
     save_steps: Optional[int] = typer.Option(None, "--save-steps", help="checkpoint every N steps"),
     reward_function: Optional[str] = typer.Option(None, "--reward-function", help="RLVR reward: builtin:NAME, "
                                                   "file.py:FUNC, module:FUNC, http(s)://URL, grader JSON, or an "
-                                                  "evaluator NAME[@vN]. A row's reward_model column overrides it."),
+                                                  "evaluator NAME[@vN]. A row's reward_model column may override it "
+                                                  "with a builtin:, Builtin.* or registered evaluator reward."),
     reward_prompt: Optional[str] = typer.Option(None, "--reward-prompt", help="RLAIF reward prompt: Builtin.NAME "
                                                 "(Helpfulness, Correctness, Harmlessness, Summarize, Conciseness), "
                                                 "a template file, inline text, or an evaluator NAME[@vN]."),
@@ -47,6 +48,12 @@ def tune(
     clip_ratio: Optional[float] = typer.Option(None, "--clip-ratio", help="clip_ratio (RL): ratio clipping"),
     skip_reward_validation: bool = typer.Option(False, "--skip-reward-validation",
                                                 help="RL: do not run the rewards on sample rows before submitting."),
+    allow_row_rewards: Optional[List[str]] = typer.Option(None, "--allow-row-rewards", help="RL: a reward (file, "
+                                                          "module, URL, grader) rows' reward_model may name too; "
+                                                          "repeat for more. Rows may always name builtin:, "
+                                                          "Builtin.* and registered evaluators."),
+    unsafe_reward_sandbox: bool = typer.Option(False, "--unsafe-reward-sandbox", help="RL: run reward code with "
+                                               "process limits only, where no namespace sandbox is possible."),
     mlflow_uri: Optional[str] = typer.Option(None, "--mlflow-uri", help="MLflow tracking URI "
                                              "[default: $MLFLOW_TRACKING_URI; neither: tracking off]."),
     mlflow_experiment: Optional[str] = typer.Option(None, "--mlflow-experiment",
@@ -98,8 +105,9 @@ def tune(
         no_transform=no_transform, take=take,
         output_uri=output_bucket, reward_function=reward_function, reward_prompt=reward_prompt,
         accept_eula=accept_eula, judge_model=judge_model, skip_reward_validation=skip_reward_validation,
+        allow_row_rewards=list(allow_row_rewards or []), unsafe_reward_sandbox=unsafe_reward_sandbox,
         mlflow_uri=mlflow_uri, mlflow_experiment=mlflow_experiment, mlflow_run_name=mlflow_run_name)
-    prep = svc.prepare(req)
+    prep = svc.prepare(req, dry_run=dry_run)
     for note in prep.notes:
         print(note, file=sys.stderr)
     outcome = svc.submit(prep, force=force, dry_run=dry_run)

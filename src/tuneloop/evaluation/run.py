@@ -106,6 +106,7 @@ def _from_folder(folder: Path, name: str) -> EvalModel:
 
 def _stage(req: EvalRequest, work: Path) -> tuple[str, list[dict[str, Any]]]:
     from tuneloop.data.stage import stage_dataset
+    from tuneloop.rewards.policy import RowRewardPolicy
 
     order = [req.technique] if req.technique else (["rlvr"] if req.evaluators else ["dpo", "sft", "rlvr"])
     errors: list[ValidationError] = []
@@ -116,7 +117,9 @@ def _stage(req: EvalRequest, work: Path) -> tuple[str, list[dict[str, Any]]]:
         try:
             staged = stage_dataset(req.dataset, technique, work / f"{technique}.jsonl", column_map=req.column_map,
                                    take=req.samples, command="tuneloop eval",
-                                   reward_model=req.evaluators[0] if technique == "rlvr" and req.evaluators else None)
+                                   reward_model=req.evaluators[0] if technique == "rlvr" and req.evaluators else None,
+                                   reward_check=RowRewardPolicy.for_job(flags=req.evaluators)
+                                   if technique == "rlvr" else None)
         except ValidationError as e:
             if technique == "rlvr" and "reward_model" in (getattr(e, "missing", None) or []):
                 e.hint = "Prompt-only rows are scored by evaluators: pass --evaluator REF (builtin:exact_match, " \

@@ -27,6 +27,7 @@ from typing import Any, Callable
 from urllib.parse import parse_qsl
 
 from tuneloop.rewards.base import RewardFunction, Sample, Score
+from tuneloop.rewards.policy import module_problem
 from tuneloop.rewards.prompts import is_prompt_ref
 
 _FILE = re.compile(r"^(?P<path>.+\.py):(?P<fn>[A-Za-z_]\w*)$")
@@ -115,7 +116,8 @@ class RewardContext:
     def __init__(self, *, base_dir: str | Path | None = None, judge_model: str | None = None,
                  evaluator_lookup: Callable[[str], dict[str, Any] | None] | None = None,
                  models_dir: str | Path | None = None, timeout_s: float = 10.0, sandbox_workers: int | None = None,
-                 memory_mb: int | None = None, in_process: bool = False, load_local_judges: bool = True):
+                 memory_mb: int | None = None, in_process: bool = False, load_local_judges: bool = True,
+                 unsafe_sandbox: bool = False):
         self.base_dir = Path(base_dir or Path.cwd()).resolve()
         self.judge_model = judge_model
         self.evaluator_lookup = evaluator_lookup
@@ -123,6 +125,7 @@ class RewardContext:
         self.timeout_s = timeout_s
         self.sandbox_workers, self.memory_mb, self.in_process = sandbox_workers, memory_mb, in_process
         self.load_local_judges = load_local_judges
+        self.unsafe_sandbox = unsafe_sandbox
         self._sandbox = None
         self._judges: dict[str, Any] = {}
         self._functions: dict[str, RewardFunction] = {}
@@ -138,7 +141,8 @@ class RewardContext:
                     self._sandbox = InProcess([str(self.base_dir)])
                 else:
                     self._sandbox = Sandbox(workers=self.sandbox_workers, timeout_s=self.timeout_s,
-                                            memory_mb=self.memory_mb, search_paths=[str(self.base_dir)])
+                                            memory_mb=self.memory_mb, search_paths=[str(self.base_dir)],
+                                            allow_unsafe=self.unsafe_sandbox)
             return self._sandbox
 
     def judge(self, ref: str | None = None):
@@ -150,7 +154,12 @@ class RewardContext:
                            "or openai:MODEL@BASE_URL).")
         with self._lock:
             if ref not in self._judges:
-                self._judges[ref] = make_judge(ref, self.models_dir)
+                from tuneloop.netguard import UnsafeURLError
+
+                try:
+                    self._judges[ref] = make_judge(ref, self.models_dir)
+                except UnsafeURLError as e:
+                    raise RefError(e.message + (f" {e.hint}" if e.hint else "")) from None
             return self._judges[ref]
 
     def _grader_judge(self, model: str):
@@ -200,8 +209,13 @@ class RewardContext:
             except graders.GraderConfigError as e:
                 raise RefError(str(e)) from None
         if r.kind == "http":
+            from tuneloop.netguard import UnsafeURLError, check_url
             from tuneloop.rewards.http import HttpReward
 
+            try:
+                check_url(r.value, what="reward endpoint")
+            except UnsafeURLError as e:
+                raise RefError(e.message + (f" {e.hint}" if e.hint else "")) from None
             return HttpReward(r.value, timeout_s=max(30.0, self.timeout_s))
         if r.kind == "file":
             path = self.path(r.value)
@@ -210,6 +224,9 @@ class RewardContext:
             return SandboxedFunction(f"{r.value}:{r.function}", {"kind": "file", "path": str(path.resolve()),
                                                                   "function": r.function}, self.sandbox, self.timeout_s)
         if r.kind == "module":
+            problem = module_problem(r.value)
+            if problem:
+                raise RefError(f"Refusing the reward {ref!r}: {problem}.")
             return SandboxedFunction(ref, {"kind": "module", "module": r.value, "function": r.function},
                                      self.sandbox, self.timeout_s)
         if r.kind == "grader":

@@ -6,7 +6,8 @@ and answers with a JSON array of `{id, aggregate_reward_score, metrics_list: [{n
 `{"statusCode": 200, "body": "<that array as a JSON string>"}`. Batches go out in parallel
 (`concurrency`, default 4) of at most `batch_size` items (default 32); each request has a timeout
 and is retried with exponential backoff on connection errors, timeouts, 429 and 5xx.
-`TUNELOOP_REWARD_HTTP_TOKEN`, when set, is sent as `Authorization: Bearer ...`.
+`TUNELOOP_REWARD_HTTP_TOKEN`, when set, is sent as `Authorization: Bearer ...`. The URL is
+checked by `tuneloop.netguard` before anything is sent, and again on every redirect.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from tuneloop.errors import ValidationError
 from tuneloop.rewards.base import RewardFunction, Sample, Score, coerce
 
 RETRY_STATUS = (408, 409, 425, 429, 500, 502, 503, 504)
@@ -45,6 +47,8 @@ def post_json(client, url: str, body: Any, *, retries: int = 3, backoff_s: float
         except httpx.HTTPError as e:
             last = f"{type(e).__name__}: {e}"
             continue
+        except ValidationError as e:  # netguard refused the URL (or a redirect): never retried
+            raise HttpFailure(e.message) from None
         if r.status_code in RETRY_STATUS:
             last = f"HTTP {r.status_code}: {r.text[:200]}"
             continue
@@ -95,7 +99,10 @@ class HttpReward(RewardFunction):
         if self._client is None:
             import httpx
 
-            self._client = httpx.Client(timeout=self.timeout_s, limits=httpx.Limits(max_connections=self.concurrency))
+            from tuneloop.netguard import guarded_client
+
+            self._client = guarded_client(timeout=self.timeout_s,
+                                          limits=httpx.Limits(max_connections=self.concurrency))
         return self._client
 
     def _headers(self) -> dict[str, str]:

@@ -120,7 +120,10 @@ class OpenAIJudge(Judge):
     def __init__(self, model: str, base_url: str | None = None, *, concurrency: int = 8, timeout_s: float = 60.0,
                  retries: int = 3, max_tokens: int = 64):
         self.model = model
+        from tuneloop.netguard import check_url
+
         self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1").rstrip("/")
+        check_url(self.base_url, what="judge endpoint")
         self.name = f"openai:{model}@{self.base_url}"
         self.api_key = os.environ.get("TUNELOOP_JUDGE_API_KEY") or os.environ.get("OPENAI_API_KEY")
         self.timeout_s, self.retries, self.max_tokens = timeout_s, retries, max_tokens
@@ -129,9 +132,9 @@ class OpenAIJudge(Judge):
 
     def _http(self):
         if self._client is None:
-            import httpx
+            from tuneloop.netguard import guarded_client
 
-            self._client = httpx.Client(timeout=self.timeout_s)
+            self._client = guarded_client(timeout=self.timeout_s)
         return self._client
 
     def _one(self, messages: list[dict[str, str]], temperature: float | None, max_tokens: int | None) -> str | Exception:

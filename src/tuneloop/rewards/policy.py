@@ -43,23 +43,23 @@ class RowRewardPolicy:
     """The rewards a row's `reward_model` may name for one job. Callable: `policy(ref)` is the
     reason `ref` is refused, or None. Picklable (staging workers get a copy)."""
 
-    allowed: frozenset[str] = frozenset()       # refs the job's flags named, exactly
-    evaluators: frozenset[str] = frozenset()    # names of registered evaluators
+    allowed: frozenset[str] = frozenset()            # refs the job's flags named, exactly
+    evaluators: frozenset[str] | None = None         # registered evaluator names (None: any, looked up later)
 
     @classmethod
     def for_job(cls, flags: Iterable[str | None] = (), allowed: Iterable[str] = (),
-                evaluators: Iterable[str] = ()) -> "RowRewardPolicy":
+                evaluators: Iterable[str] | None = None) -> "RowRewardPolicy":
         refs = {r.strip() for r in [*flags, *allowed] if r and r.strip()}
-        return cls(frozenset(refs), frozenset(evaluators))
+        return cls(frozenset(refs), None if evaluators is None else frozenset(evaluators))
 
     def __call__(self, ref: str) -> str | None:
         ref = ref.strip()
         if ref in self.allowed or ref.startswith("builtin:") or _BUILTIN_PROMPT.match(ref):
             return None
-        m = _EVALUATOR.match(ref)
-        if m and m.group("name") in self.evaluators:
+        m = _EVALUATOR.match(ref)   # a bare name resolves only to a registered evaluator, never to code
+        if m and (self.evaluators is None or m.group("name") in self.evaluators):
             return None
-        if m and ":" not in ref:
+        if m:
             return (f"reward_model {ref!r} is not a registered evaluator (tuneloop evaluators list shows them); "
                     "a row may name only builtin: graders, Builtin.* prompts, registered evaluators and the "
                     "rewards this job's flags allow")

@@ -56,6 +56,8 @@ class TuneRequest:
     validation_split: float | None = None   # carve this share of the rows out as validation data
     judge_model: str | None = None          # RLAIF judge (default: the job's base model)
     skip_reward_validation: bool = False    # RL: do not run the rewards on sample rows before submitting
+    allow_row_rewards: list[str] = field(default_factory=list)   # RL: rewards rows may name besides the defaults
+    unsafe_reward_sandbox: bool = False     # RL: run user reward code without namespace isolation
     mlflow_uri: str | None = None           # else MLFLOW_TRACKING_URI; neither: tracking is off
     mlflow_experiment: str | None = None
     mlflow_run_name: str | None = None
@@ -111,8 +113,9 @@ class JobService:
         return self._hardware
 
     # ---- submission -------------------------------------------------------------------------
-    def prepare(self, req: TuneRequest) -> Prepared:
-        """Validate everything in the seed's order and stage the data; creates no job."""
+    def prepare(self, req: TuneRequest, *, dry_run: bool = False) -> Prepared:
+        """Validate everything in the seed's order and stage the data; creates no job. A dry run
+        checks the rewards' references but runs none of them."""
         project = resolve_project(req.project)
         technique = normalize_technique(req.technique)
         training_type = normalize_training_type(req.training_type)
@@ -144,7 +147,8 @@ class JobService:
                        model_package_group=req.model_package_group, reward_function=req.reward_function,
                        reward_prompt=req.reward_prompt, accept_eula=req.accept_eula,
                        mlflow_uri=mlflow_uri,
-                       mlflow_experiment=req.mlflow_experiment, mlflow_run_name=req.mlflow_run_name)
+                       mlflow_experiment=req.mlflow_experiment, mlflow_run_name=req.mlflow_run_name,
+                       allow_row_rewards=list(req.allow_row_rewards), unsafe_reward_sandbox=req.unsafe_reward_sandbox)
         from tuneloop.tracking import OFF_MESSAGE
 
         notes.append(f"ℹ️  MLflow tracking: experiment {req.mlflow_experiment or f'tuneloop-{project}'} at {mlflow_uri}"
@@ -156,8 +160,12 @@ class JobService:
                 notes.append(f"ℹ️  Judge: {spec.judge_model} (the base model; choose another with --judge-model)")
         try:
             plan = self._plan(spec, model, staged)
-            if rl and not req.skip_reward_validation:
-                notes += self.verify_rewards(spec, plan, staged.path)
+            if rl:
+                notes += self.row_reward_notes(spec, staged.path)
+                if dry_run:
+                    notes += self.check_rewards(spec, plan, staged.path)
+                elif not req.skip_reward_validation:
+                    notes += self.verify_rewards(spec, plan, staged.path)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -178,7 +186,8 @@ class JobService:
         lookup = self.store.get_dataset_version
         kwargs = dict(column_map=req.column_map, no_transform=req.no_transform, lookup=lookup,
                       reward_model=req.reward_function if technique == "rlvr" else
-                      req.reward_prompt if technique == "rlaif" else None)
+                      req.reward_prompt if technique == "rlaif" else None,
+                      reward_check=self.row_reward_policy(req) if technique in ("rlvr", "rlaif") else None)
         staged = stage_dataset(req.dataset, technique, staging / "train.jsonl", take=req.take, **kwargs)
         validation = None
         if req.validation_dataset:
@@ -216,17 +225,63 @@ class JobService:
                 return job["output_path"]
         return model
 
+    def row_reward_policy(self, req: TuneRequest):
+        """What a row's reward_model may name in this job (tuneloop.rewards.policy)."""
+        from tuneloop.rewards.functions import RefError, parse_ref
+        from tuneloop.rewards.policy import RowRewardPolicy
+
+        for ref in req.allow_row_rewards:
+            try:
+                parse_ref(ref)
+            except RefError as e:
+                raise ValidationError(f"--allow-row-rewards {ref!r}: {e}", param="allow_row_rewards") from None
+        names = {row["name"] for row in self.store.list_evaluator_versions()}
+        return RowRewardPolicy.for_job(flags=[req.reward_function, req.reward_prompt],
+                                       allowed=req.allow_row_rewards, evaluators=names)
+
+    def row_reward_notes(self, spec: JobSpec, staged_path: Path) -> list[str]:
+        """One line per reward the rows chose instead of the job's, with its row count."""
+        from tuneloop.rewards.verify import rewards_in
+
+        default = spec.reward_function if spec.technique == "rlvr" else spec.reward_prompt
+        flag = "--reward-function" if spec.technique == "rlvr" else "--reward-prompt"
+        notes = [f"ℹ️  Row rewards: {n} row{'s' if n != 1 else ''} use {ref}"
+                 + (f" instead of {flag} {default}" if default else "")
+                 for ref, n in sorted(rewards_in(staged_path).items()) if ref != default]
+        if spec.allow_row_rewards:
+            notes.append("ℹ️  Rows may also name: " + ", ".join(spec.allow_row_rewards) + " (--allow-row-rewards)")
+        return notes
+
+    def reward_context(self, spec: JobSpec, plan: Plan, **kwargs: Any):
+        from tuneloop.rewards.functions import RewardContext
+
+        return RewardContext(base_dir=spec.reward_base_dir, judge_model=spec.judge_model,
+                             evaluator_lookup=self.store.get_evaluator_version, models_dir=self.settings.models_dir,
+                             timeout_s=plan.reward_timeout_s or 10.0, unsafe_sandbox=spec.unsafe_reward_sandbox,
+                             **kwargs)
+
+    def check_rewards(self, spec: JobSpec, plan: Plan, staged_path: Path) -> list[str]:
+        """--dry-run: every distinct reward of the rows resolves (files found, grader JSON parsed,
+        URLs resolved and checked), none is run."""
+        from tuneloop.rewards.functions import RefError
+        from tuneloop.rewards.verify import rewards_in
+
+        refs = sorted(rewards_in(staged_path))
+        with self.reward_context(spec, plan, load_local_judges=False) as ctx:
+            for ref in refs:
+                try:
+                    ctx.check(ref)
+                except RefError as e:
+                    raise ValidationError(f"Reward {ref!r} cannot be used: {e}", param="reward_function") from None
+        return [f"ℹ️  Rewards checked, not run (dry run): {', '.join(refs)}"]
+
     def verify_rewards(self, spec: JobSpec, plan: Plan, staged_path: Path) -> list[str]:
         """Run each distinct reward of the staged rows on a few of them (SageMaker verifies reward
         functions before submitting); a broken one is a ValidationError: nothing is created."""
-        from tuneloop.rewards.functions import RewardContext
         from tuneloop.rewards.verify import failure_details, rows_by_reward, verify_rows
 
         rows = rows_by_reward(staged_path, per_reward=4)
-        lookup = getattr(self.store, "get_evaluator_version", None)
-        with RewardContext(base_dir=spec.reward_base_dir, judge_model=spec.judge_model, evaluator_lookup=lookup,
-                           models_dir=self.settings.models_dir, timeout_s=plan.reward_timeout_s or 10.0,
-                           load_local_judges=False) as ctx:
+        with self.reward_context(spec, plan, load_local_judges=False) as ctx:
             reports = verify_rows(ctx, rows, samples=4)
         bad = [r for r in reports if not r.ok]
         if bad:

@@ -195,7 +195,7 @@ def _reward_engine(store: Store, settings, spec: JobSpec, plan: Plan, job_id: st
 
     ctx = RewardContext(base_dir=spec.reward_base_dir, judge_model=spec.judge_model,
                         evaluator_lookup=getattr(store, "get_evaluator_version", None), models_dir=settings.models_dir,
-                        timeout_s=plan.reward_timeout_s or 10.0)
+                        timeout_s=plan.reward_timeout_s or 10.0, unsafe_sandbox=spec.unsafe_reward_sandbox)
 
     def on_event(level: str, message: str, data: dict[str, Any]) -> None:
         store.add_event(job_id, message, level=level, data=data)
