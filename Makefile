@@ -7,9 +7,19 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test test-fast bench install clean
+.PHONY: demo test test-fast bench install system clean
 
-install: $(STAMP)
+install: $(STAMP) system
+
+# What the reward sandbox needs from the system: bubblewrap (installed here when we are root with
+# apt-get; otherwise the sandbox uses the kernel's namespaces directly, or says what is missing).
+system:
+	@command -v bwrap >/dev/null || { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing bubblewrap (the reward sandbox)"; \
+	  apt-get install -y -q bubblewrap >/dev/null 2>&1 || \
+	  { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q bubblewrap >/dev/null 2>&1; } || \
+	  echo "note: could not install bubblewrap; the sandbox will use namespaces directly"; \
+	else echo "note: install bubblewrap for the reward sandbox (sudo apt-get install bubblewrap)"; fi; }
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,13 +29,13 @@ $(STAMP): requirements.lock pyproject.toml
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
-demo: $(STAMP)
+demo: $(STAMP) system
 	$(VENV)/bin/tuneloop demo
 
-test: $(STAMP)
+test: $(STAMP) system
 	$(PY) -m pytest
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) system
 	$(PY) -m pytest -m "not slow"
 
 bench: $(STAMP)
