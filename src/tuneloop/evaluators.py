@@ -10,6 +10,7 @@ verify any reward on sample rows of a dataset. The CLI (`tuneloop evaluators ...
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -84,7 +85,7 @@ class EvaluatorService:
         try:
             staged = stage_dataset(dataset, technique, tmp / "rows.jsonl", column_map=column_map, take=samples,
                                    reward_model=ref, lookup=self.store.get_dataset_version,
-                                   command=f"tuneloop evaluators verify {ref}")
+                                   command=f"tuneloop evaluators verify {shlex.quote(ref)}")
             rows = [{**row, "reward_model": ref} for row in read_rows(staged.path, samples)]
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -291,7 +292,7 @@ class JobService:
                 f"{'does' if len(bad) == 1 else 'do'} not return a score on sample rows.",
                 details=failure_details(bad),
                 hint=f"Fix the reward ({flag} or the rows' reward_model), check it with:\n  tuneloop evaluators "
-                     f"verify {bad[0].ref!r} --dataset {spec.dataset}\nor skip this check with "
+                     f"verify {shlex.quote(bad[0].ref)} --dataset {shlex.quote(spec.dataset)}\nor skip this check with "
                      "--skip-reward-validation.", param="reward_function")
         checked = ", ".join(f"{r.name} ({sum(1 for x in r.results if x.score.ok)} scored)" for r in reports)
         return [f"ℹ️  Rewards verified on sample rows: {checked}"]
