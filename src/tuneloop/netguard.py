@@ -84,14 +84,14 @@ def address_problem(addr: Address, host: str) -> str | None:
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
         addr = addr.ipv4_mapped
     if _in(addr, _NEVER):
-        return f"{addr} is a link-local, metadata or reserved address"
+        return "a link-local, metadata or reserved address"
     words, nets, hosts = _allowances()
     if _in(addr, nets) or host.lower() in hosts:
         return None
     if _in(addr, _LOOPBACK) and "loopback" not in words:
-        return f"{addr} is a loopback address"
+        return "a loopback address"
     if _in(addr, _PRIVATE) and "private" not in words:
-        return f"{addr} is a private-network address"
+        return "a private-network address"
     return None
 
 
@@ -113,10 +113,11 @@ def check_url(url: str, *, what: str = "URL", schemes: tuple[str, ...] = ("http"
                              hint="Pass credentials through the environment (e.g. TUNELOOP_REWARD_HTTP_TOKEN), "
                                   "never inside a URL.")
     port = port or (443 if parts.scheme.lower() == "https" else 80)
+    literal = True
     try:
-        literal = ipaddress.ip_address(host)
-        addresses = [str(literal)]
+        addresses = [str(ipaddress.ip_address(host))]
     except ValueError:
+        literal = False
         try:
             addresses = resolver(host, port)
         except (OSError, UnicodeError) as e:
@@ -128,8 +129,9 @@ def check_url(url: str, *, what: str = "URL", schemes: tuple[str, ...] = ("http"
         problem = address_problem(ipaddress.ip_address(a.split("%", 1)[0]), host)
         if problem:
             local = "link-local" not in problem
+            where = f"{host} is {problem}" if literal else f"{host} resolves to {a}, {problem}"
             raise UnsafeURLError(
-                f"Refusing the {what} {url!r}: {host} resolves to {problem}.",
+                f"Refusing the {what} {url!r}: {where}.",
                 hint=(f"If this endpoint is yours, allow it with {ALLOW_ENV}=loopback (or private, a CIDR such as "
                       f"10.0.0.0/8, or the host name {host}).") if local else
                      "Requests to link-local and cloud metadata addresses are never sent.",

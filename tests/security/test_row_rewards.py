@@ -144,3 +144,12 @@ def test_eval_scores_rows_only_with_rewards_they_may_name(home, tmp_path, models
     assert "rows.jsonl:1:" in r.stderr and "os:system" in r.stderr, r.stderr
     assert not marker.exists()
 
+
+
+def test_evaluators_cannot_register_a_standard_library_module_or_a_metadata_url(home):
+    for source, message in (("os:system", "standard-library module"),
+                            ("http://169.254.169.254/latest", "link-local")):
+        r = cli("evaluators", "create", "evil", "--type", "reward-function", "--source", source)
+        assert r.returncode == 1 and message in r.stderr, r.stdout + r.stderr
+    r = cli("evaluators", "list", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout) == [], r.stdout

@@ -22,6 +22,7 @@ from typing import Any
 
 from tuneloop.errors import NotFoundError, ValidationError
 from tuneloop.rewards.functions import RefError, parse_ref, ref_hint
+from tuneloop.rewards.policy import module_problem
 
 TYPES = ("reward-function", "reward-prompt")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
@@ -91,6 +92,12 @@ class EvaluatorAssets:
         if r.kind == "evaluator":
             raise ValidationError(f"{source!r} is not a file, module, URL, built-in, grader or prompt.",
                                   hint=ref_hint(), param="source")
+        if r.kind == "module" and module_problem(r.value):
+            raise ValidationError(f"Refusing {source!r}: {module_problem(r.value)}.", param="source")
+        if r.kind == "http":
+            from tuneloop.netguard import check_url
+
+            check_url(r.value, what="reward endpoint")
         if kind_type == "reward-prompt":
             if r.kind != "prompt":
                 raise ValidationError(f"{source!r} is a reward function ({r.kind}), not a reward prompt.",
