@@ -40,3 +40,17 @@ class ServerError(TuneloopError):
     exit_code = 1
     http_status = 500
     code = "server_error"
+
+
+class RequestTooLargeError(ValidationError):
+    """A request body over the server's --max-request-bytes (answered before it is read)."""
+
+    http_status = 413
+    code = "request_too_large"
+
+
+class WeightsLocationError(ValidationError):
+    """lora_path / model_path names a folder outside the server's model roots, or a URL the
+    server does not fetch."""
+
+    code = "weights_location_not_allowed"

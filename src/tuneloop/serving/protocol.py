@@ -7,20 +7,81 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tuneloop.errors import TuneloopError, ValidationError
 from tuneloop.serving.engine import SamplingParams
 
 log = logging.getLogger(__name__)
 
+# Bounds of one request's fields (OpenAI's where it has one); the body itself is capped by
+# limits.BodyLimit, the prompt's length and the tokens to generate by limits.Limits.
 MAX_N = 16
+MAX_STOPS, MAX_STOP_CHARS = 4, 256
+MAX_MESSAGES, MAX_PARTS = 1024, 256
+MAX_PROMPTS = 64                       # prompts of one /v1/completions request
+MAX_NAME_CHARS, MAX_PATH_CHARS = 128, 4096
+MAX_TOKENS = 2**31 - 1                 # max_tokens above any context; the context check names the real limit
+SEED_RANGE = (-(2**63), 2**63 - 1)     # int64, what torch.Generator.manual_seed takes (choice i adds i)
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-               404: "invalid_request_error", 409: "conflict_error", 422: "invalid_request_error"}
+               404: "invalid_request_error", 409: "conflict_error", 413: "invalid_request_error",
+               422: "invalid_request_error"}
 UNSUPPORTED = ("tools", "functions", "logprobs", "top_logprobs", "response_format", "logit_bias", "echo",
                "best_of", "suffix")
+
+
+def check_json_text(data: Any) -> None:
+    """Refuse strings (values or keys, at any depth) that are not valid Unicode: JSON's `"\\ud800"`
+    escapes decode to lone surrogates, which no tokenizer, template or UTF-8 response can hold.
+    Iterative, so deep nesting costs no recursion."""
+    stack = [(data, "body")]
+    while stack:
+        value, where = stack.pop()
+        if isinstance(value, str):
+            if _bad_text(value):
+                raise ValidationError(f"`{where}` contains a lone UTF-16 surrogate (e.g. \"\\ud800\"), which is not "
+                                      "valid Unicode.", param=where,
+                                      hint="Send text as valid UTF-8; surrogates must come in pairs.")
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                if isinstance(k, str) and _bad_text(k):
+                    raise ValidationError(f"A key in `{where}` contains a lone UTF-16 surrogate, which is not "
+                                          "valid Unicode.", param=where)
+                stack.append((v, k if where == "body" else f"{where}.{k}"))
+        elif isinstance(value, list):
+            stack.extend((v, f"{where}[{i}]") for i, v in enumerate(value))
+
+
+def _bad_text(s: str) -> bool:
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+class _Body(BaseModel):
+    """A request body: a JSON object whose strings are valid Unicode. The ValidationError raised
+    here is not pydantic's, so it passes through validation to the server's error handler."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _json_object(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            raise ValidationError(f"The request body must be a JSON object, not {_json_type(data)}.", param="body",
+                                  hint="Send Content-Type: application/json and an object such as "
+                                       '{"model": ..., "messages": [...]}.')
+        check_json_text(data)
+        return data
+
+
+def _json_type(data: Any) -> str:
+    if isinstance(data, (bytes, bytearray)):
+        return "a non-JSON body"
+    return {list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number",
+            type(None): "null"}.get(type(data), type(data).__name__)
 
 
 class TextPart(BaseModel):
@@ -31,56 +92,73 @@ class TextPart(BaseModel):
 class ChatMessage(BaseModel):
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[TextPart] | None
-    name: str | None = None
+    name: str | None = Field(None, max_length=MAX_NAME_CHARS)
 
 
 class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class _Sampled(BaseModel):
+class _Sampled(_Body):
     """Fields shared by chat and text completions. Unknown fields (user, metadata, ...) are
     accepted and ignored, as OpenAI-compatible servers do; fields that change the answer's
     shape and are not implemented are refused by `check_unsupported`."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
-    model: str = Field(min_length=1)
+    model: str = Field(min_length=1, max_length=MAX_PATH_CHARS)  # a base may be named by its folder
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
-    max_tokens: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
+    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS)
     n: int = Field(1, ge=1, le=MAX_N)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
     stream: bool = False
     stream_options: StreamOptions | None = None
 
     def check_unsupported(self) -> None:
+        """Refuse what is not implemented, and the bounds pydantic's union errors would word poorly."""
         for name in UNSUPPORTED:
             value = (self.model_extra or {}).get(name)
             if value not in (None, False, [], {}) and not (name == "response_format" and value == {"type": "text"}):
                 raise ValidationError(f"`{name}` is not supported by this server.", param=name)
         stops = self.stops()
-        if len(stops) > 4 or any(not s for s in stops):
-            raise ValidationError("`stop` takes up to 4 non-empty strings.", param="stop")
+        if len(stops) > MAX_STOPS or any(not s or len(s) > MAX_STOP_CHARS for s in stops):
+            raise ValidationError(f"`stop` takes up to {MAX_STOPS} non-empty strings of at most {MAX_STOP_CHARS} "
+                                  "characters.", param="stop")
+        if None not in (self.max_tokens, self.max_completion_tokens) and self.max_tokens != self.max_completion_tokens:
+            raise ValidationError(f"`max_tokens` ({self.max_tokens}) and `max_completion_tokens` "
+                                  f"({self.max_completion_tokens}) disagree.", param="max_completion_tokens",
+                                  hint="Send one of them (max_completion_tokens is the newer name).")
 
     def stops(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
 
-    def sampling(self, prompt_tokens: int, context: int, default_max: int, max_tokens_field: str = "max_tokens"
-                 ) -> SamplingParams:
+    def sampling(self, prompt_tokens: int, context: int, default_max: int, prompt_param: str = "messages", *,
+                 prompts: int = 1, budget: int | None = None) -> SamplingParams:
+        """The decoding settings, once the prompt's length is known: the prompt and max_tokens must
+        fit the context, and `prompts × n × max_tokens` (the tokens this request asks the server to
+        generate) must fit `budget`."""
         room = context - prompt_tokens
         if room < 1:
             raise ValidationError(f"The prompt is {prompt_tokens} tokens; this model's context is {context} tokens.",
-                                  param="messages" if max_tokens_field != "prompt" else "prompt")
-        max_tokens = self.max_tokens or (self.model_extra or {}).get("max_completion_tokens")
-        if max_tokens is not None and max_tokens > room:
+                                  param=prompt_param)
+        field = "max_tokens" if self.max_tokens is not None else "max_completion_tokens"
+        asked = self.max_tokens if self.max_tokens is not None else self.max_completion_tokens
+        if asked is not None and asked > room:
             raise ValidationError(f"This model's maximum context length is {context} tokens; the prompt is "
-                                  f"{prompt_tokens} and max_tokens is {max_tokens}.", param="max_tokens")
+                                  f"{prompt_tokens} and {field} is {asked}.", param=field)
+        max_tokens = int(asked or min(default_max, room))
+        work = prompts * self.n * max_tokens
+        if budget is not None and work > budget:
+            param = "n" if self.n > 1 else prompt_param
+            raise ValidationError(f"This request asks for {prompts} prompt(s) x n={self.n} x {field}={max_tokens} = "
+                                  f"{work} tokens; this server generates at most {budget} tokens per request.",
+                                  param=param, hint="Lower n or max_tokens, or send fewer prompts per request.")
         return SamplingParams(temperature=1.0 if self.temperature is None else self.temperature,
-                              top_p=1.0 if self.top_p is None else self.top_p,
-                              max_tokens=int(max_tokens or min(default_max, room)), stop=self.stops(),
-                              seed=self.seed, n=self.n)
+                              top_p=1.0 if self.top_p is None else self.top_p, max_tokens=max_tokens,
+                              stop=self.stops(), seed=self.seed, n=self.n)
 
     @property
     def include_usage(self) -> bool:
@@ -88,7 +166,18 @@ class _Sampled(BaseModel):
 
 
 class ChatCompletionRequest(_Sampled):
-    messages: list[ChatMessage] = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
+
+    def check_unsupported(self) -> None:
+        super().check_unsupported()
+        for i, m in enumerate(self.messages):
+            if isinstance(m.content, list) and len(m.content) > MAX_PARTS:
+                raise ValidationError(f"`messages[{i}].content` has {len(m.content)} parts; at most {MAX_PARTS} are "
+                                      "accepted.", param=f"messages[{i}].content")
+
+    def prompt_chars(self) -> int:
+        return sum(len(m.content) if isinstance(m.content, str) else sum(len(p.text) for p in m.content or [])
+                   for m in self.messages)
 
     def chat(self) -> list[dict[str, Any]]:
         out = []
@@ -100,32 +189,32 @@ class ChatCompletionRequest(_Sampled):
 
 
 class CompletionRequest(_Sampled):
-    prompt: str | list[str]
+    prompt: str | Annotated[list[str], Field(min_length=1, max_length=MAX_PROMPTS)]
 
     def prompts(self) -> list[str]:
-        prompts = [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
-        if not prompts:
-            raise ValidationError("`prompt` is empty.", param="prompt")
-        return prompts
+        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+
+    def prompt_chars(self) -> int:
+        return max(map(len, self.prompts()))  # each prompt is its own row: the longest must fit
 
 
-class LoadLoraAdapterRequest(BaseModel):
-    lora_name: str = Field(min_length=1, max_length=128)
-    lora_path: str = Field(min_length=1)
+class LoadLoraAdapterRequest(_Body):
+    lora_name: str = Field(min_length=1, max_length=MAX_NAME_CHARS)
+    lora_path: str = Field(min_length=1, max_length=MAX_PATH_CHARS)
 
 
-class UnloadLoraAdapterRequest(BaseModel):
+class UnloadLoraAdapterRequest(_Body):
     model_config = ConfigDict(extra="allow")  # vLLM clients may send lora_int_id
-    lora_name: str = Field(min_length=1)
+    lora_name: str = Field(min_length=1, max_length=MAX_NAME_CHARS)
 
 
-class LoadModelRequest(BaseModel):
-    name: str = Field(min_length=1, max_length=128)
-    model_path: str = Field(min_length=1)
+class LoadModelRequest(_Body):
+    name: str = Field(min_length=1, max_length=MAX_PATH_CHARS)  # a base may be named by its folder
+    model_path: str = Field(min_length=1, max_length=MAX_PATH_CHARS)
 
 
-class UnloadModelRequest(BaseModel):
-    name: str = Field(min_length=1)
+class UnloadModelRequest(_Body):
+    name: str = Field(min_length=1, max_length=MAX_NAME_CHARS)
 
 
 # ---- response bodies --------------------------------------------------------------------------
@@ -216,6 +305,9 @@ def error_response(exc: BaseException) -> tuple[int, dict[str, Any]]:
         return 400, error_body(400, f"Invalid value for `{param}`: {first.get('msg')}", param=param,
                                code="invalid_value" if first.get("type") != "missing" else "missing_field")
     if isinstance(exc, HTTPException):
+        if exc.status_code == 400:  # FastAPI could not parse the body: not UTF-8, or nested too deeply
+            return 400, error_body(400, f"The request body cannot be parsed as JSON ({exc.detail}).",
+                                   param="body", code="invalid_json")
         return exc.status_code, error_body(exc.status_code, str(exc.detail), code=None)
     log.error("unhandled error", exc_info=exc)
     return 500, error_body(500, f"Internal server error: {type(exc).__name__}: {exc}", code="server_error")
