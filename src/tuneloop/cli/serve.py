@@ -36,8 +36,21 @@ def serve(model: Optional[str] = typer.Option(None, "--model", help="Base model:
                                          help="max_tokens of requests that do not set it."),
           threads: Optional[int] = typer.Option(None, "--threads", min=1,
                                                 help="CPU threads for torch (default: torch's choice)."),
+          max_request_bytes: int = typer.Option(8 * 1024 * 1024, "--max-request-bytes", min=1024,
+                                                envvar="TUNELOOP_MAX_REQUEST_BYTES",
+                                                help="Larger request bodies are refused with 413 (default 8 MiB)."),
+          max_request_tokens: Optional[int] = typer.Option(
+              None, "--max-request-tokens", min=1, envvar="TUNELOOP_MAX_REQUEST_TOKENS",
+              help="Tokens one request may ask to generate, prompts x n x max_tokens (default: 64 x the context)."),
+          model_roots: Optional[list[str]] = typer.Option(
+              None, "--model-root", help="Also load lora_path / model_path of requests from under this folder "
+              "(repeatable; env TUNELOOP_MODEL_ROOTS, os.pathsep-separated). Always: TUNELOOP_HOME, the models dir."),
+          allow_remote_weights: bool = typer.Option(
+              False, "--allow-remote-weights", help="Let requests name URLs (https://, s3://, hf://) as lora_path / "
+              "model_path (env TUNELOOP_ALLOW_REMOTE_WEIGHTS=1); http(s) hosts must pass the URL guard."),
           project: Optional[str] = PROJECT) -> None:
     """Serve the base model, its adapters and inference components (OpenAI-compatible)."""
+    from tuneloop.serving.limits import Limits
     from tuneloop.serving.server import serve as run
 
     def say(line: str) -> None:
@@ -45,7 +58,9 @@ def serve(model: Optional[str] = typer.Option(None, "--model", help="Base model:
 
     raise typer.Exit(run(deployments(project), model=model, host=host, port=port, api_key=api_key,
                          engine_kind=engine, max_batch=max_batch, batch_window_ms=batch_window_ms,
-                         default_max_tokens=max_tokens, threads=threads, say=say))
+                         default_max_tokens=max_tokens, threads=threads,
+                         limits=Limits(max_request_bytes, max_request_tokens), model_roots=tuple(model_roots or ()),
+                         allow_remote_weights=allow_remote_weights, say=say))
 
 
 def read_prompts(path: str, samples: int) -> list[tuple[str, str | None]]:

@@ -21,6 +21,7 @@ from tuneloop.errors import NotFoundError, ValidationError
 from tuneloop.registry import resolve_from_tune
 from tuneloop.serving.adapters import AdapterInfo, check_adapter, check_full_model, localize
 from tuneloop.serving.errors import AuthenticationError, ConflictError, ServerError
+from tuneloop.serving.weights import allow
 from tuneloop.settings import Settings
 from tuneloop.store import Store
 
@@ -61,6 +62,8 @@ class DeploymentService:
         self.store, self.settings, self.project = store, settings, project
         self.api_key = api_key
         self.cache_dir = settings.home / "deployments" / project / "cache"
+        # folders this machine's CLI asked the server to load from outside its model roots (weights.py)
+        self.allow_file = settings.home / "deployments" / project / "allowed-weights.json"
 
     # ---- state ------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -191,6 +194,7 @@ class DeploymentService:
         info = self.check_adapter(src.path)
         server = self.running_server()
         if server:
+            allow(self.allow_file, src.path)  # the operator named it here: the server may load it
             self._post(server, "/v1/load_lora_adapter", {"lora_name": name, "lora_path": str(src.path)})
         self.record(name, "adapter", src, base_model=info.base_model)
         return Change(name, "adapter", str(src.path), bool(server), info.warnings, _lineage_text(src))
@@ -209,6 +213,7 @@ class DeploymentService:
         check_full_model(src.path)
         server = self.running_server()
         if server:
+            allow(self.allow_file, src.path)
             self._post(server, "/v1/load_inference_component", {"name": name, "model_path": str(src.path)},
                        timeout=600)
         self.record(name, "ic", src)
@@ -243,6 +248,7 @@ class DeploymentService:
             if not Path(path).is_dir():
                 raise ValidationError("A running server swaps to a model folder only.", param="model",
                                       hint="Stop the server, run this again, then start it (it loads the new base).")
+            allow(self.allow_file, path)
             out = self._post(server, "/v1/replace_base_model", {"name": name, "model_path": path}, timeout=600)
             warnings = [f"⚠️  Adapter {n} does not fit the new base; it stays recorded but is not served."
                         for n in (out or {}).get("dropped", [])]

@@ -2,11 +2,13 @@
 
     tuneloop serve [--model BASE] [--host 127.0.0.1] [--port 8000] [--api-key KEY]
 
-Routes: GET /health (pid, project, batching statistics), GET /v1/models, GET /v1/models/{id},
+Routes: GET /health (pid, project, batching statistics), GET /openapi.json, GET /v1/models, GET /v1/models/{id},
 POST /v1/chat/completions and /v1/completions (plain and SSE streaming), the vLLM adapter API
 POST /v1/load_lora_adapter and /v1/unload_lora_adapter, and tuneloop's own
 POST /v1/load_inference_component, /v1/unload_inference_component, /v1/replace_base_model.
 Every change to what is served is written to the deployment state, so a restart serves the same.
+What a request may cost is bounded (limits.py: body bytes, prompt length, tokens to generate) and
+the weights a request names must lie under the server's model roots (weights.py).
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from tuneloop.serving.adapters import check_adapter, check_full_model, localize
 from tuneloop.serving.deployments import DeploymentService, Source
 from tuneloop.serving.engine import BaseModel, GeneratingEngine
 from tuneloop.serving.errors import AuthenticationError, ConflictError
+from tuneloop.serving.limits import BodyLimit, Limits, check_prompt_chars
+from tuneloop.serving.weights import WeightPolicy
 from tuneloop.serving import protocol as P
 
 log = logging.getLogger(__name__)
@@ -83,14 +87,21 @@ def _sse(body: dict[str, Any] | str) -> str:
 
 def create_app(engine: GeneratingEngine, *, deployments: DeploymentService | None = None,
                api_key: str | None = None, info: dict[str, Any] | None = None,
-               default_max_tokens: int = DEFAULT_MAX_TOKENS, on_ready: Callable[[], None] | None = None):
+               default_max_tokens: int = DEFAULT_MAX_TOKENS, on_ready: Callable[[], None] | None = None,
+               limits: Limits = Limits(), weights: WeightPolicy | None = None):
+    if weights is None:
+        from tuneloop.settings import load_settings
+
+        weights = WeightPolicy.configured(load_settings(), allow_file=deployments.allow_file if deployments else None)
+
     @asynccontextmanager
     async def lifespan(_app):
         if on_ready is not None:
             on_ready()
         yield
 
-    app = FastAPI(title="tuneloop", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app = FastAPI(title="tuneloop", docs_url=None, redoc_url=None, lifespan=lifespan)
+    app.add_middleware(BodyLimit, max_bytes=limits.max_request_bytes)
     created = int(time.time())
     info = dict(info or {})
 
@@ -134,8 +145,10 @@ def create_app(engine: GeneratingEngine, *, deployments: DeploymentService | Non
     @app.post("/v1/chat/completions", dependencies=guarded)
     async def chat_completions(req: P.ChatCompletionRequest):
         req.check_unsupported()
+        context = engine.context_length(req.model)
+        check_prompt_chars(req.prompt_chars(), context, "messages")
         ids = engine.encode(req.model, messages=req.chat())
-        params = req.sampling(len(ids), engine.context_length(req.model), default_max_tokens)
+        params = req.sampling(len(ids), context, default_max_tokens, budget=limits.token_budget(context))
         answer = Answer(engine, req.model, [ids], params)
         rid = P.new_id("chatcmpl")
         if not req.stream:
@@ -165,11 +178,13 @@ def create_app(engine: GeneratingEngine, *, deployments: DeploymentService | Non
     @app.post("/v1/completions", dependencies=guarded)
     async def completions(req: P.CompletionRequest):
         req.check_unsupported()
+        context = engine.context_length(req.model)
+        check_prompt_chars(req.prompt_chars(), context, "prompt")
         prompts = [engine.encode(req.model, text=p) for p in req.prompts()]
         if not all(prompts):
             raise ValidationError("`prompt` must not be empty.", param="prompt")
-        context = engine.context_length(req.model)
-        params = req.sampling(max(map(len, prompts)), context, default_max_tokens, "prompt")
+        params = req.sampling(max(map(len, prompts)), context, default_max_tokens, "prompt", prompts=len(prompts),
+                              budget=limits.token_budget(context))
         answer = Answer(engine, req.model, prompts, params)
         rid, prompt_tokens = P.new_id("cmpl"), sum(map(len, prompts))
         if not req.stream:
@@ -196,15 +211,17 @@ def create_app(engine: GeneratingEngine, *, deployments: DeploymentService | Non
 
     # ---- what is served: vLLM's adapter API and tuneloop's own ------------------------------
     # Each change is checked, applied to the engine and recorded in a worker thread: reading
-    # folders (or fetching URLs) and loading weights never block the event loop.
-    def _source(path: str) -> Source:
+    # folders (or fetching URLs) and loading weights never block the event loop. The path a
+    # request names must first pass the weight policy (under a model root; URLs only if allowed).
+    def _source(path: str, param: str) -> Source:
+        path = weights.check(path, param)
         folder = localize(path, deployments.cache_dir) if deployments else Path(path)
         folder = folder.resolve() if folder.exists() else folder
         lineage = deployments._lineage(folder) if deployments else (None, None, None)
         return Source(folder, path, *lineage)
 
     def _load_adapter(name: str, path: str) -> list[str]:
-        src = _source(path)
+        src = _source(path, "lora_path")
         base = Path(engine.base.path)
         check = check_adapter(src.path, base_name=engine.base.name, base_folder=base if base.is_dir() else None)
         engine.load_adapter(name, str(src.path))
@@ -213,7 +230,7 @@ def create_app(engine: GeneratingEngine, *, deployments: DeploymentService | Non
         return check.warnings
 
     def _add_model(name: str, path: str) -> str:
-        src = _source(path)
+        src = _source(path, "model_path")
         check_full_model(src.path)
         engine.add_model(name, str(src.path))
         if deployments:
@@ -221,7 +238,7 @@ def create_app(engine: GeneratingEngine, *, deployments: DeploymentService | Non
         return str(src.path)
 
     def _replace_base(name: str, path: str) -> tuple[str, list[str]]:
-        src = _source(path)
+        src = _source(path, "model_path")
         check_full_model(src.path)
         dropped = engine.replace_base(BaseModel(name, str(src.path)))
         if deployments:
@@ -278,6 +295,7 @@ def port_free(host: str, port: int) -> bool:
 def serve(deps: DeploymentService, *, model: str | None, host: str, port: int, api_key: str | None,
           engine_kind: str = "auto", max_batch: int = 32, batch_window_ms: float = 10.0,
           default_max_tokens: int = DEFAULT_MAX_TOKENS, threads: int | None = None,
+          limits: Limits = Limits(), model_roots: tuple[str, ...] = (), allow_remote_weights: bool = False,
           say: Callable[[str], None] = print) -> int:
     """Serve the project's deployment until interrupted; returns the exit code."""
     from tuneloop.serving.engine import choose_engine
@@ -314,8 +332,10 @@ def serve(deps: DeploymentService, *, model: str | None, host: str, port: int, a
             say(f"Serving {engine.base.name} and {len(engine.models()) - 1} more model(s) at http://{host}:{port}/v1 "
                 f"(OpenAI-compatible; pid {pid}). Ctrl-C stops.")
 
-        app = create_app(engine, deployments=deps, api_key=api_key, info=info,
-                         default_max_tokens=default_max_tokens, on_ready=ready)
+        weights = WeightPolicy.configured(deps.settings, roots=model_roots, allow_remote=allow_remote_weights,
+                                          allow_file=deps.allow_file)
+        app = create_app(engine, deployments=deps, api_key=api_key, info=info, default_max_tokens=default_max_tokens,
+                         on_ready=ready, limits=limits, weights=weights)
         return _run_uvicorn(app, deps, host, port)
     finally:
         engine.close()
