@@ -2,10 +2,13 @@
 
 Every reader yields `(location, record, problem)`: `location` is a 1-based line number (JSONL)
 or row number (JSON, parquet, CSV); exactly one of `record` (a dict) and `problem` (what is wrong
-there, in words) is set. Readers hold one chunk or one batch in memory, never the file (JSON
-arrays excepted: they are parsed whole; JSONL is the format for big files).
+there, in words) is set. Readers hold one chunk, one record or one batch in memory, never the
+file: JSON arrays are streamed an element at a time too. Each record is at most
+TUNELOOP_MAX_RECORD_BYTES (`max_line_bytes`); a longer one is a problem at its line or row. The
+decompressed bytes of a source are charged to a `limits.Budget` by `bounded` (parquet: its row
+groups' sizes, before they are decoded), which raises `limits.LimitExceeded` at the cap.
 
-    with open_binary(path) as fh:
+    with bounded(decompress(open(path, "rb"), "gzip"), budget) as fh:
         for loc, record, problem in read_jsonl(fh):
             ...
 
@@ -16,6 +19,7 @@ the JSON error and its column) or to accept what only it accepts (integers beyon
 
 from __future__ import annotations
 
+import codecs
 import csv
 import gzip
 import io
@@ -25,11 +29,15 @@ from typing import IO, Any, Iterator
 
 import orjson
 
+from tuneloop.data import limits
+from tuneloop.data.limits import Budget, record_too_long
+
 Row = tuple[int, "dict[str, Any] | None", "str | None"]
 
-MAX_LINE_BYTES = 64 * 1024 * 1024     # one record; a longer line is an error, not a memory blow-up
 CHUNK_BYTES = 1 << 20
 BATCH_ROWS = 2048
+BATCH_BYTES = 64 << 20                # parquet: rows per batch chosen so that a batch is about this big
+ZSTD_MAX_WINDOW = 1 << 27             # 128 MiB: what a zstd frame may ask the decoder to allocate
 
 FORMATS = ("jsonl", "json", "parquet", "csv")
 _COMPRESSED = {".gz": "gzip", ".gzip": "gzip", ".zst": "zstd", ".zstd": "zstd"}
@@ -82,8 +90,39 @@ def decompress(fh: IO[bytes], compression: str | None) -> IO[bytes]:
     if compression == "zstd":
         import zstandard
 
-        return zstandard.ZstdDecompressor().stream_reader(fh, read_across_frames=True)
+        return zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW).stream_reader(fh, read_across_frames=True)
     return fh
+
+
+class _Counted(io.RawIOBase):
+    """A (decompressed) stream whose bytes are charged to a budget as they are read: reads stop at
+    the cap, and the read after it raises LimitExceeded if the stream has more. The size a gzip or
+    zstd header claims is never looked at."""
+
+    def __init__(self, fh: IO[bytes], budget: Budget):
+        self.fh, self.budget = fh, budget
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int | None = -1) -> bytes:
+        left = self.budget.bytes_left
+        if left <= 0:
+            if self.fh.read(1):
+                self.budget.charge(1)  # raises
+            return b""
+        data = self.fh.read(left if n is None or n < 0 else min(n, left))
+        self.budget.bytes_left -= len(data)
+        return data
+
+    def readinto(self, b: Any) -> int:
+        data = self.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+
+def bounded(fh: IO[bytes], budget: Budget) -> IO[bytes]:
+    return _Counted(fh, budget)  # type: ignore[return-value]
 
 
 # ---- JSONL ------------------------------------------------------------------------------------
@@ -142,10 +181,10 @@ def _needle(key: str, cache: dict[str, bytes]) -> bytes:
 
 
 def read_jsonl(fh: IO[bytes], *, max_line_bytes: int | None = None, stats: dict[str, int] | None = None,
-               strip_bom: bool = True) -> Iterator[Row]:
+               strip_bom: bool = True, budget: Budget | None = None) -> Iterator[Row]:
     """Stream a JSONL byte stream in fixed-size chunks; blank lines are skipped. When given,
     `stats["lines"]` is set to the number of lines read once the stream is exhausted."""
-    limit = max_line_bytes or MAX_LINE_BYTES
+    limit = max_line_bytes or limits.current().record_bytes
     loads = orjson.loads
     decode_error = orjson.JSONDecodeError
     needles: dict[str, bytes] = {}
@@ -235,8 +274,7 @@ def read_jsonl(fh: IO[bytes], *, max_line_bytes: int | None = None, stats: dict[
 
 
 def _too_long(limit: int) -> str:
-    return (f"line is longer than {limit // (1024 * 1024)} MiB, the limit for one record; "
-            "split the record or check that the file has one JSON object per line")
+    return record_too_long(limit)
 
 
 def _json_type(value: Any) -> str:
@@ -244,61 +282,246 @@ def _json_type(value: Any) -> str:
         type(value), "number")
 
 
-# ---- JSON (array or {"data": [...]}) ---------------------------------------------------------------
-def read_json(fh: IO[bytes], *, max_line_bytes: int | None = None) -> Iterator[Row]:
-    data = fh.read()
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
-    try:
-        doc = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        stripped = data.lstrip()
-        if stripped.startswith(b"{") and b"\n" in stripped.strip():  # JSONL saved as .json
-            yield from read_jsonl(io.BytesIO(data), max_line_bytes=max_line_bytes)
-            return
+# ---- JSON (array or {"data": [...]}), streamed ---------------------------------------------------
+_DATA_ARRAY = re.compile(r'\{\s*"data"\s*:\s*\[')
+_BLANKS = re.compile(r"[ \t\r\n]*")
+_NEAR_END = 16    # a parse error this close to the end of what is read may be a value cut by the chunk
+
+
+class _Bad(Exception):
+    """The JSON document cannot be read on from here (`args[0]` says where and why)."""
+
+
+class _TooLong(Exception):
+    pass
+
+
+class _Text:
+    """A JSON document decoded a chunk at a time: `buf[pos:]` is the part not parsed yet. The raw
+    bytes are kept while the first value decides whether the file is really JSONL (bounded)."""
+
+    def __init__(self, fh: IO[bytes], limit: int):
+        self.fh, self.limit = fh, limit
+        self.decoder = codecs.getincrementaldecoder("utf-8-sig")()
+        self.buf, self.pos, self.eof, self.nbytes = "", 0, False, 0
+        self.lines = self.col = 0          # newlines and columns before buf[0] (for messages)
+        self.raw: list[bytes] | None = []
+
+    def fill(self, at_least: int = 0) -> bool:
+        """Read another chunk (at least `at_least` bytes); False at the end of the file."""
+        if self.eof:
+            return False
+        data = self.fh.read(max(CHUNK_BYTES, at_least))
+        if self.raw is not None:
+            self.raw.append(data)
+            if self.nbytes > self.limit + 4 * CHUNK_BYTES:
+                self.raw = None
         try:
-            doc = json.loads(data.decode("utf-8"), parse_constant=_reject_constant, object_pairs_hook=_pairs)
+            text = self.decoder.decode(data, final=not data)
         except UnicodeDecodeError as e:
-            yield 1, None, f"byte {e.start + 1}: invalid UTF-8 byte 0x{data[e.start]:02x}; save the file as UTF-8"
+            at = self.nbytes - (len(e.object) - len(data)) + e.start
+            raise _Bad(f"byte {at + 1}: invalid UTF-8 byte 0x{e.object[e.start]:02x}; save the file as UTF-8") from None
+        self.nbytes += len(data)
+        self.eof = not data
+        if self.pos:  # drop what is parsed (keeping count of its lines for messages)
+            n = self.buf.count("\n", 0, self.pos)
+            self.col = self.pos - self.buf.rfind("\n", 0, self.pos) - 1 if n else self.col + self.pos
+            self.lines += n
+            self.buf, self.pos = self.buf[self.pos:], 0
+        self.buf += text
+        return bool(data)
+
+    def where(self, pos: int) -> str:
+        n = self.buf.count("\n", 0, pos)
+        col = pos - self.buf.rfind("\n", 0, pos) if n else self.col + pos + 1
+        return f"line {self.lines + n + 1} column {col}"
+
+    def next_char(self) -> str:
+        """The next character that is not blank ('' at the end of the file)."""
+        while True:
+            self.pos = _BLANKS.match(self.buf, self.pos).end()  # type: ignore[union-attr]
+            if self.pos < len(self.buf):
+                return self.buf[self.pos]
+            if not self.fill():
+                return ""
+
+    def decode(self, decoder: json.JSONDecoder) -> tuple[Any, int]:
+        """(value, end) of the JSON value at `pos`, reading on while it is cut off by the chunk."""
+        while True:
+            try:
+                return decoder.raw_decode(self.buf, self.pos)
+            except json.JSONDecodeError as e:
+                cut = e.pos >= len(self.buf) - _NEAR_END or e.msg.startswith("Unterminated string")
+                if self.eof or not cut:
+                    raise _Bad(f"{self.where(e.pos)}: invalid JSON ({e.msg})") from None
+                if len(self.buf) - self.pos > self.limit:
+                    raise _TooLong from None
+                self.fill(len(self.buf) - self.pos)  # doubling: a long value is re-scanned O(log) times
+            except RecursionError:
+                raise _Bad(f"{self.where(self.pos)}: nested too deeply to be a dataset record") from None
+
+
+class _Replay:
+    """`head`, then the rest of `fh`: a JSONL file read as JSON goes back to read_jsonl."""
+
+    def __init__(self, head: bytes, fh: IO[bytes]):
+        self.head, self.fh = head, fh
+
+    def read(self, n: int = -1) -> bytes:
+        if self.head:
+            head, self.head = self.head, b""
+            return head
+        return self.fh.read(n)
+
+
+_CHECKED = json.JSONDecoder(parse_constant=_reject_constant, object_pairs_hook=_pairs)
+_PLAIN = json.JSONDecoder()  # finds where a record that _CHECKED refused ends
+
+
+def _element(t: _Text, row: int) -> Row:
+    """The array element at t.pos, as a Row; t.pos moves past it."""
+    start, problem = t.pos, None
+    try:
+        value, end = t.decode(_CHECKED)
+    except _DuplicateKey as e:
+        problem, end = f"duplicate key '{e.args[0]}' in one object; remove or rename one", t.decode(_PLAIN)[1]
+    except ValueError as e:  # NaN / Infinity
+        problem, end = str(e), t.decode(_PLAIN)[1]
+    t.pos = end
+    if end - start > t.limit:
+        return row, None, record_too_long(t.limit, "record")
+    if problem is not None:
+        return row, None, problem
+    if type(value) is not dict:
+        return row, None, f"expected a JSON object, got {type(value).__name__}"
+    return row, value, None
+
+
+def _array(t: _Text) -> Iterator[Row]:
+    """The elements of the array whose '[' is at t.pos, one at a time."""
+    t.pos += 1
+    if t.next_char() == "]":
+        t.pos += 1
+        return
+    row = 0
+    while True:
+        row += 1
+        try:
+            yield _element(t, row)
+        except _TooLong:
+            yield row, None, record_too_long(t.limit, "record") + "; the rest of the file was not read"
+            raise _Bad("") from None
+        except _Bad as e:
+            yield row, None, e.args[0]
+            raise _Bad("") from None
+        c = t.next_char()
+        if c == "]":
+            t.pos += 1
             return
-        except json.JSONDecodeError as e:
-            yield e.lineno, None, f"line {e.lineno} column {e.colno}: invalid JSON ({e.msg})"
+        if c != ",":
+            yield row + 1, None, f"{t.where(t.pos)}: invalid JSON (Expecting ',' delimiter)"
+            raise _Bad("")
+        t.pos += 1
+        t.next_char()
+
+
+def read_json(fh: IO[bytes], *, max_line_bytes: int | None = None, budget: Budget | None = None) -> Iterator[Row]:
+    """A JSON array of objects or {"data": [...]}, streamed an element at a time; one object is
+    one record, and a .json file that is really JSONL is read as JSONL."""
+    t = _Text(fh, max_line_bytes or limits.current().record_bytes)
+    try:
+        first = t.next_char()
+        while len(t.buf) - t.pos < 64 and t.fill():  # enough to see '{ "data": [' whole
+            pass
+        data = first == "{" and _DATA_ARRAY.match(t.buf, t.pos)
+        if first == "[" or data:
+            t.raw = None
+            if data:
+                t.pos = data.end() - 1
+            yield from _array(t)
+            if data:
+                c = t.next_char()
+                if c == ",":  # keys after "data": check them as an object of their own, keep none
+                    t.buf = t.buf[:t.pos] + "{" + t.buf[t.pos + 1:]
+                    t.pos = t.decode(_CHECKED)[1]
+                elif c == "}":
+                    t.pos += 1
+                else:
+                    raise _Bad(f"{t.where(t.pos)}: invalid JSON (Expecting ',' delimiter)")
+            if t.next_char():
+                raise _Bad(f"{t.where(t.pos)}: invalid JSON (Extra data)")
             return
-        except _DuplicateKey as e:
-            yield 1, None, f"duplicate key '{e.args[0]}' in one object; remove or rename one"
+        yield from _single(t, first)
+    except _Bad as e:
+        if e.args[0]:
+            yield 1, None, e.args[0]
+    except _TooLong:
+        yield 1, None, (f"the JSON document is longer than {limits.size(t.limit)}, the limit for one record "
+                        '(TUNELOOP_MAX_RECORD_BYTES); write it as an array of objects, {"data": [...]} or JSONL')
+
+
+def _single(t: _Text, first: str) -> Iterator[Row]:
+    """A document that is not an array: one object (maybe {"data": [...]} with other keys first),
+    JSONL saved as .json, or something else."""
+    def as_jsonl() -> Iterator[Row]:
+        if t.raw is None:
+            raise _Bad(f"{t.where(t.pos)}: invalid JSON (Extra data)")
+        yield from read_jsonl(_Replay(b"".join(t.raw), t.fh), max_line_bytes=t.limit)  # type: ignore[arg-type]
+
+    try:
+        doc, end = t.decode(_CHECKED)
+    except (_Bad, _TooLong, ValueError) as e:
+        if first == "{" and "\n" in t.buf.strip():  # JSONL with a bad or long first line
+            yield from as_jsonl()
             return
-        except (ValueError, RecursionError) as e:
-            yield 1, None, str(e) if isinstance(e, ValueError) else "nested too deeply"
+        if isinstance(e, _DuplicateKey):
+            raise _Bad(f"duplicate key '{e.args[0]}' in one object; remove or rename one") from None
+        if isinstance(e, ValueError):  # NaN / Infinity
+            raise _Bad(str(e)) from None
+        raise
+    t.pos = end
+    if t.next_char():
+        if first == "{":
+            yield from as_jsonl()
             return
+        raise _Bad(f"{t.where(t.pos)}: invalid JSON (Extra data)")
     if isinstance(doc, dict) and isinstance(doc.get("data"), list):
-        doc = doc["data"]
+        for i, record in enumerate(doc["data"], start=1):
+            yield (i, None, f"expected a JSON object, got {type(record).__name__}") if type(record) is not dict \
+                else (i, record, None)
     elif isinstance(doc, dict):
         yield 1, doc, None  # one record
-        return
-    if not isinstance(doc, list):
+    else:
         yield 1, None, f'expected an array of objects or {{"data": [...]}}, got {_json_type(doc)}'
-        return
-    for i, record in enumerate(doc, start=1):
-        if type(record) is not dict:
-            yield i, None, f"expected a JSON object, got {type(record).__name__}"
-        else:
-            yield i, record, None
 
 
 # ---- parquet ----------------------------------------------------------------------------------
-def read_parquet(fh: IO[bytes], *, max_line_bytes: int | None = None) -> Iterator[Row]:
+def read_parquet(fh: IO[bytes], *, max_line_bytes: int | None = None, budget: Budget | None = None) -> Iterator[Row]:
+    """Row group by row group: each one's decoded size is charged to `budget` before it is read,
+    and batches hold about BATCH_BYTES (fewer rows when rows are wide)."""
     import pyarrow.parquet as pq
 
+    limit = max_line_bytes or limits.current().record_bytes
     try:
         pf = pq.ParquetFile(fh)
     except Exception as e:  # pyarrow raises ArrowInvalid / OSError for a broken file
         yield 1, None, f"not a readable parquet file ({e})"
         return
+    groups = [pf.metadata.row_group(i) for i in range(pf.metadata.num_row_groups)]
+    widest = max((g.total_byte_size / max(g.num_rows, 1) for g in groups), default=1.0)
+    batch_rows = max(1, min(BATCH_ROWS, int(BATCH_BYTES / max(widest, 1.0))))
     row = 0
-    for batch in pf.iter_batches(batch_size=BATCH_ROWS):
-        for record in batch.to_pylist():
-            row += 1
-            yield row, record, None
+    for i, group in enumerate(groups):
+        if budget is not None:
+            budget.charge(group.total_byte_size)
+        for batch in pf.iter_batches(batch_size=batch_rows, row_groups=[i]):
+            wide = batch.nbytes > limit  # only then can one of its rows be over the limit
+            for j, record in enumerate(batch.to_pylist()):
+                row += 1
+                if wide and batch.slice(j, 1).nbytes > limit:
+                    yield row, None, record_too_long(limit, "row")
+                else:
+                    yield row, record, None
 
 
 def parquet_columns(fh: IO[bytes]) -> list[str]:
@@ -325,8 +548,16 @@ def _cell(value: str | None) -> Any:
     return value
 
 
-def read_csv(fh: IO[bytes], *, max_line_bytes: int | None = None, delimiter: str = ",") -> Iterator[Row]:
-    csv.field_size_limit(max_line_bytes or MAX_LINE_BYTES)
+def _csv_error(e: csv.Error, limit: int) -> str:
+    if "field larger than field limit" in str(e):
+        return record_too_long(limit, "a cell")
+    return str(e)
+
+
+def read_csv(fh: IO[bytes], *, max_line_bytes: int | None = None, delimiter: str = ",",
+             budget: Budget | None = None) -> Iterator[Row]:
+    limit = max_line_bytes or limits.current().record_bytes
+    csv.field_size_limit(limit)
     text = io.TextIOWrapper(fh, encoding="utf-8-sig", errors="surrogateescape", newline="")
     reader = csv.reader(text, delimiter=delimiter)
     try:
@@ -334,7 +565,10 @@ def read_csv(fh: IO[bytes], *, max_line_bytes: int | None = None, delimiter: str
     except StopIteration:
         return
     except csv.Error as e:
-        yield 1, None, f"unreadable CSV header ({e})"
+        yield 1, None, f"unreadable CSV header ({_csv_error(e, limit)})"
+        return
+    if sum(map(len, header)) > limit:
+        yield 1, None, record_too_long(limit, "the header")
         return
     width = len(header)
     row = 0
@@ -344,11 +578,15 @@ def read_csv(fh: IO[bytes], *, max_line_bytes: int | None = None, delimiter: str
         except StopIteration:
             return
         except csv.Error as e:
-            yield row + 1, None, f"unreadable CSV (line {reader.line_num}: {e}); the rest of the file was not read"
+            yield row + 1, None, (f"unreadable CSV (line {reader.line_num}: {_csv_error(e, limit)}); "
+                                  "the rest of the file was not read")
             return
         if not cells or (len(cells) == 1 and not cells[0].strip()):
             continue
         row += 1
+        if sum(map(len, cells)) > limit:
+            yield row, None, record_too_long(limit, "row")
+            continue
         bad = next((c for c in cells if _SURROGATE.search(c)), None)
         if bad is not None:
             col = header[cells.index(bad)] if cells.index(bad) < width else "?"
@@ -363,6 +601,7 @@ def read_csv(fh: IO[bytes], *, max_line_bytes: int | None = None, delimiter: str
 
 
 def csv_columns(fh: IO[bytes], delimiter: str = ",") -> list[str]:
+    csv.field_size_limit(limits.current().record_bytes)
     text = io.TextIOWrapper(fh, encoding="utf-8-sig", errors="replace", newline="")
     try:
         return next(csv.reader(text, delimiter=delimiter))

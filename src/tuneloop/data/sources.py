@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Callable
 
-from tuneloop.data import readers
+from tuneloop.data import limits, readers
+from tuneloop.data.limits import shell_arg
 from tuneloop.errors import DatasetError
 
 SPLIT_WORDS = {
@@ -181,11 +182,14 @@ def _resolve_hf(source: str, base: str, pattern: str | None) -> ResolvedSource:
     sub = "/".join(parts[2:])
     token = os.environ.get("HF_TOKEN") or None
     from huggingface_hub import HfApi, hf_hub_download
+    from huggingface_hub.hf_api import RepoFile
 
     try:
-        all_files = HfApi(token=token).list_repo_files(repo_id, repo_type="dataset", revision=revision or None)
+        sizes = {f.path: f.size or 0 for f in HfApi(token=token).list_repo_tree(
+            repo_id, recursive=True, repo_type="dataset", revision=revision or None) if isinstance(f, RepoFile)}
     except Exception as e:
         raise _hf_error(e, repo_id) from None
+    all_files = list(sizes)
     data = [f for f in sorted(all_files) if readers.is_data_file(f) and not _hidden(f)]
     if not data:
         raise DatasetError(f"Hugging Face dataset {repo_id} has no data files.",
@@ -199,6 +203,7 @@ def _resolve_hf(source: str, base: str, pattern: str | None) -> ResolvedSource:
         chosen = files
     split = sub if sub and chosen is files else None
     chosen = _select(chosen, split, pattern, repo_id, True)
+    _check_download(repo_id, chosen, sizes)
     local = []
     for f in chosen:
         try:
@@ -207,6 +212,19 @@ def _resolve_hf(source: str, base: str, pattern: str | None) -> ResolvedSource:
             raise _hf_error(e, repo_id, f.name) from None
         local.append(DataFile(f.name, path, f.label))
     return ResolvedSource(source, repo_id, local)
+
+
+def _check_download(repo_id: str, chosen: list[DataFile], sizes: dict[str, int]) -> None:
+    """Refuse, before downloading, files already bigger than the dataset limit (compressed ones
+    are checked again while they are read)."""
+    limit, total = limits.current().dataset_bytes, sum(sizes.get(f.name, 0) for f in chosen)
+    if total > limit:
+        raise DatasetError(
+            f"Hugging Face dataset {repo_id}: the files to read are {limits.size(total)}, more than the limit of "
+            f"{limits.size(limit)} for one dataset; nothing was downloaded.",
+            details=[f"{f.name}: {limits.size(sizes.get(f.name, 0))}" for f in chosen[:20]],
+            hint="Pick fewer files with ?file=<pattern>, or raise the limit for data you trust: "
+                 f"TUNELOOP_MAX_DATASET_BYTES={total}", param="dataset")
 
 
 def _hf_error(e: Exception, repo_id: str, filename: str | None = None) -> DatasetError:
@@ -296,6 +314,8 @@ def columns_of(f: DataFile) -> list[str]:
             raw.seek(0)
             fmt, compression = readers.sniff(head)
         fh = readers.decompress(raw, compression)
+        if fmt != "parquet":
+            fh = readers.bounded(fh, limits.Budget())
         if fmt == "parquet":
             return readers.parquet_columns(fh)
         if fmt == "csv":
@@ -331,7 +351,7 @@ def check_divergence(resolved: ResolvedSource, *, score: Callable[[set[str]], fl
     _, best = max(groups.items(), key=fit)
     suggestion = suggest_pattern(best, [f for f in resolved.files if f not in best])
     base, _ = split_query(resolved.source)
-    return_cmd = f'{command} --dataset "{base}?file={suggestion}"'
+    return_cmd = f"{command} --dataset {shell_arg(f'{base}?file={suggestion}', quoted=True)}"
     raise DatasetError(f"Schema divergence detected across files in {resolved.display}.", details=details,
                        hint=f"Files have different column sets. Use ?file=<pattern> to select compatible files:\n"
                             f"  {return_cmd}", param="dataset")

@@ -25,7 +25,8 @@ from typing import Any, Callable, Iterator
 
 import orjson
 
-from tuneloop.data import formats, readers, sources
+from tuneloop.data import formats, limits, readers, sources
+from tuneloop.data.limits import LimitExceeded, shell_arg
 from tuneloop.data.schema import EXAMPLES, SCHEMAS
 from tuneloop.data.transforms import parse_column_map, rename_columns
 from tuneloop.data.validate import RecordProblem, suggest_column_map
@@ -83,7 +84,9 @@ def stage_dataset(source: str, technique: str, output: Path, *, column_map: str 
                   lookup: Callable[[str], Any] | None = default_lookup, command: str | None = None,
                   max_line_bytes: int | None = None,
                   reward_check: Callable[[str], str | None] | None = None) -> StageResult:
-    """Validate the whole source and write canonical JSONL to `output` (atomically).
+    """Validate the whole source and write canonical JSONL to `output` (atomically: a
+    `.partial` file renamed at the end, removed on any failure, Ctrl-C included). The source is
+    read within `limits.current()`; `max_line_bytes` overrides the record limit.
 
     `lookup` resolves registered dataset names (None: names are not looked up); `command` is the
     command line that hints repeat (default `tuneloop tune --technique T`); `reward_model` fills
@@ -105,21 +108,25 @@ def stage_dataset(source: str, technique: str, output: Path, *, column_map: str 
     sources.check_divergence(resolved, score=score, command=command)
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(output.name + ".partial")
+    budget = limits.Budget()
     try:
         result = _stage(resolved, technique, tmp, mapping=mapping, no_transform=no_transform, take=take,
                         reward_model=reward_model, reward_check=reward_check, command=command, column_map=column_map,
-                        max_line_bytes=max_line_bytes)
+                        max_line_bytes=max_line_bytes or budget.limits.record_bytes, budget=budget)
+        os.replace(tmp, output)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    os.replace(tmp, output)
     result.path = output
     return result
 
 
 @contextlib.contextmanager
-def open_records(f: sources.DataFile, max_line_bytes: int | None = None) -> Iterator[tuple[str, Iterator]]:
-    """(format, records iterator) of one data file; the format comes from the name or the bytes."""
+def open_records(f: sources.DataFile, max_line_bytes: int | None = None,
+                 budget: limits.Budget | None = None) -> Iterator[tuple[str, Iterator]]:
+    """(format, records iterator) of one data file; the format comes from the name or the bytes.
+    Its decompressed bytes are charged to `budget` (a fresh one when None)."""
+    budget = budget or limits.Budget()
     fmt, compression = readers.file_format(f.name)
     with f.open() as raw:
         fh = raw
@@ -138,7 +145,9 @@ def open_records(f: sources.DataFile, max_line_bytes: int | None = None) -> Iter
                                    param="dataset")
         else:
             fh = readers.decompress(raw, compression)
-        yield fmt, readers.reader_for(fmt, f.name)(fh, max_line_bytes=max_line_bytes)
+        if fmt != "parquet":  # parquet seeks; its reader charges each row group's size instead
+            fh = readers.bounded(fh, budget)
+        yield fmt, readers.reader_for(fmt, f.name)(fh, max_line_bytes=max_line_bytes, budget=budget)
 
 
 def _read_errors() -> tuple[type[BaseException], ...]:
@@ -169,6 +178,7 @@ class _Pipeline:
         self.shown: list[tuple[str, str, int, str]] = []     # (label, file format, location, message)
         self.n_problems = 0
         self.done = False
+        self.max_rows = limits.current().rows
 
     def problem(self, label: str, file_fmt: str, loc: int, msg: str) -> None:
         self.n_problems += 1
@@ -199,7 +209,8 @@ class _Pipeline:
         mapping, text_cols, convert = self.mapping, self.text_cols, self.convert
         dumps, encode_error, h64 = orjson.dumps, orjson.JSONEncodeError, _h64
         hashes_append = self.hashes.append
-        take = self.take
+        take, max_rows = self.take, self.max_rows
+        loc = 0
         rows, rows_read, empty_fields, empty_rows = self.rows, self.rows_read, self.empty_fields, self.empty_rows
         pending: list[bytes] = []
         append = pending.append
@@ -209,6 +220,8 @@ class _Pipeline:
                     self.problem(label, file_fmt, loc, error)
                     continue
                 rows_read += 1
+                if rows_read > max_rows:
+                    raise LimitExceeded("rows", max_rows)
                 if mapping:
                     record = rename_columns(record, mapping)
                 if convert is None:  # the first record decides the format (the seed's detection)
@@ -251,6 +264,9 @@ class _Pipeline:
                 if take is not None and rows >= take:
                     self.done = True
                     break
+        except LimitExceeded as e:  # where: this row (rows), or the one being read (bytes)
+            e.at = (label, file_fmt, loc if e.kind == "rows" else loc + 1)
+            raise
         except _read_errors() as e:  # a broken compressed stream, a file that vanished...
             self.problem(label, "", 0, f"cannot read the file ({type(e).__name__}: {e}); the rest of it was not read")
         finally:
@@ -262,7 +278,9 @@ class _Pipeline:
 def _stage(resolved: sources.ResolvedSource, technique: str, tmp: Path, *, mapping: dict[str, str],
            no_transform: bool, take: int | None, reward_model: str | None, command: str,
            reward_check: Callable[[str], str | None] | None = None,
-           column_map: str | None, max_line_bytes: int | None, workers: int | None = None) -> StageResult:
+           column_map: str | None, max_line_bytes: int | None, workers: int | None = None,
+           budget: limits.Budget | None = None) -> StageResult:
+    budget = budget or limits.Budget()
     pipe = _Pipeline(technique, mapping, no_transform, reward_model, take, reward_check)
     digest = hashlib.sha256()
     all_jsonl = True
@@ -287,15 +305,19 @@ def _stage(resolved: sources.ResolvedSource, technique: str, tmp: Path, *, mappi
                                        resolved.source, command, missing)
 
             try:
-                if workers > 1 and take is None and _parallel_ok(f, max_line_bytes):
-                    _stage_parallel(pipe, f, out, digest, workers, max_line_bytes, on_first)
+                if workers > 1 and take is None and _parallel_ok(f, budget):
+                    _stage_parallel(pipe, f, out, digest, workers, max_line_bytes, on_first, budget)
                     continue
-                with open_records(f, max_line_bytes) as (file_fmt, records):
+                with open_records(f, max_line_bytes, budget) as (file_fmt, records):
                     all_jsonl = all_jsonl and file_fmt == "jsonl"
                     first = functools.partial(on_first, f=f, file_fmt=file_fmt)
                     pipe.consume(records, f.label, file_fmt, write, first)
             except formats.ChatFormatHalt as e:
                 raise _no_transform_error(e, technique, resolved.source, command, column_map) from None
+            except LimitExceeded as e:
+                label, file_fmt, loc = getattr(e, "at", (f.label, "", 0))
+                raise e.located(resolved.display, _where_label(label, file_fmt, loc), resolved.source,
+                                command) from None
 
     fmt_name = pipe.fmt
     if pipe.n_problems:
@@ -344,7 +366,9 @@ def stage_workers() -> int:
     return max(1, min(os.cpu_count() or 1, 8))
 
 
-def _parallel_ok(f: sources.DataFile, max_line_bytes: int | None) -> bool:
+def _parallel_ok(f: sources.DataFile, budget: limits.Budget) -> bool:
+    """A local uncompressed JSONL file of PARALLEL_MIN_BYTES or more that fits the byte budget
+    (one that does not is read sequentially, which stops at the exact line)."""
     import multiprocessing
 
     if f.fs is not None or "fork" not in multiprocessing.get_all_start_methods():
@@ -353,7 +377,7 @@ def _parallel_ok(f: sources.DataFile, max_line_bytes: int | None) -> bool:
     if fmt != "jsonl" or compression:
         return False
     try:
-        return os.path.getsize(f.path) >= PARALLEL_MIN_BYTES
+        return PARALLEL_MIN_BYTES <= os.path.getsize(f.path) <= budget.bytes_left
     except OSError:
         return False
 
@@ -400,6 +424,7 @@ def _boundaries(path: str, n: int) -> list[int]:
 def _worker(args: tuple) -> dict[str, Any]:
     (path, start, end, part, technique, fmt, mapping, no_transform, reward_model, max_line_bytes, reward_check) = args
     pipe = _Pipeline(technique, mapping, no_transform, reward_model, reward_check=reward_check)
+    pipe.max_rows = 1 << 62  # the parent adds up the parts and checks the limit
     pipe.use_format(fmt)
     stats: dict[str, int] = {}
     halt = None
@@ -422,9 +447,9 @@ def _worker(args: tuple) -> dict[str, Any]:
 
 
 def _stage_parallel(pipe: _Pipeline, f: sources.DataFile, out: Any, digest: Any, workers: int,
-                    max_line_bytes: int | None, on_first: Callable) -> None:
+                    max_line_bytes: int | None, on_first: Callable, budget: limits.Budget) -> None:
     """Stage one big local JSONL file in `workers` processes, each on a range of whole lines, then
-    append their parts in order. Same output, counts and messages as the sequential path."""
+    append their parts in order. Same output, counts, messages and limits as the sequential path."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
@@ -438,9 +463,11 @@ def _stage_parallel(pipe: _Pipeline, f: sources.DataFile, out: Any, digest: Any,
                         on_first(record, loc, missing, f=f, file_fmt="jsonl")
                     break
         if pipe.convert is None:  # no valid record at all: the sequential path reports every line
-            with open_records(f, max_line_bytes) as (file_fmt, records):
+            with open_records(f, max_line_bytes, budget) as (file_fmt, records):
                 pipe.consume(records, f.label, file_fmt, lambda lines: None, lambda *a: None)
             return
+    budget.charge(os.path.getsize(f.path))  # fits: _parallel_ok checked
+    rows_before = pipe.rows_read
     cuts = _boundaries(f.path, workers)
     parts = [Path(str(out.name) + f".part{i}") for i in range(len(cuts) - 1)]
     jobs = [(f.path, cuts[i], cuts[i + 1], str(parts[i]), pipe.technique, pipe.fmt, pipe.mapping, pipe.no_transform,
@@ -465,6 +492,10 @@ def _stage_parallel(pipe: _Pipeline, f: sources.DataFile, out: Any, digest: Any,
             pipe.empty_fields += res["empty_fields"]
             pipe.empty_rows += res["empty_rows"]
             pipe.hashes.frombytes(res["hashes"])
+        if pipe.rows_read > pipe.max_rows:
+            e = LimitExceeded("rows", pipe.max_rows)
+            e.at = (f.label, "jsonl", _line_of_record(f.path, pipe.max_rows - rows_before + 1, max_line_bytes))
+            raise e
         if not pipe.n_problems:
             for part in parts:
                 with open(part, "rb") as fh:
@@ -477,6 +508,16 @@ def _stage_parallel(pipe: _Pipeline, f: sources.DataFile, out: Any, digest: Any,
     finally:
         for part in parts:
             part.unlink(missing_ok=True)
+
+
+def _line_of_record(path: str, n: int, max_line_bytes: int | None) -> int:
+    """The line of the n-th record of a JSONL file (where the rows limit was crossed)."""
+    with open(path, "rb") as fh:
+        for loc, record, _ in readers.read_jsonl(fh, max_line_bytes=max_line_bytes):
+            n -= record is not None
+            if n <= 0:
+                return loc
+    return 0
 
 
 def count_duplicates(hashes: array) -> int:
@@ -501,7 +542,8 @@ def _column_mismatch(path: str, where: str, columns: list[str], technique: str, 
                 "--reward-prompt (rlaif).")
     elif suggestion:
         cmap = ",".join(f"{s}:{d}" for s, d in suggestion.items())
-        hint = f"Map your columns onto the expected ones:\n  {command} --dataset {_quote(source)} --column-map \"{cmap}\""
+        hint = (f"Map your columns onto the expected ones:\n  {command} --dataset {shell_arg(source)} "
+                f"--column-map {shell_arg(cmap, quoted=True)}")
     accepted = ", ".join(formats.FORMAT_NAMES[f] for f in formats.ACCEPTED[technique])
     error = DatasetError(
         f"Dataset {path} does not have the columns {technique} needs ({where}).",
@@ -514,15 +556,11 @@ def _column_mismatch(path: str, where: str, columns: list[str], technique: str, 
 
 def _no_transform_error(e: formats.ChatFormatHalt, technique: str, source: str, command: str,
                         column_map: str | None) -> DatasetError:
-    cmap = f' --column-map "{column_map}"' if column_map else ""
+    cmap = f" --column-map {shell_arg(column_map, quoted=True)}" if column_map else ""
     return DatasetError(
         f"Column '{e.column}' contains chat-format data (detected: {e.strategy}) but --no-transform is active.",
-        hint=f"Remove --no-transform to enable automatic conversion:\n  {command} --dataset {_quote(source)}{cmap}",
+        hint=f"Remove --no-transform to enable automatic conversion:\n  {command} --dataset {shell_arg(source)}{cmap}",
         param="no_transform")
-
-
-def _quote(source: str) -> str:
-    return f'"{source}"' if any(c in source for c in "?*[] ") else source
 
 
 # ---- deterministic split ----------------------------------------------------------------------
@@ -547,13 +585,21 @@ def split_staged(path: Path, ratio: float, seed: int, train_out: Path, validatio
     counts = {True: 0, False: 0}
     for p, _ in outs.values():
         p.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "rb") as fh, open(train_out, "wb") as tr, open(validation_out, "wb") as va:
-        files = {True: va, False: tr}
-        for i, line in enumerate(fh):
-            v = bool(is_val[i])
-            files[v].write(line)
-            outs[v][1].update(line)
-            counts[v] += 1
+    tmps = {v: p.with_name(p.name + ".partial") for v, (p, _) in outs.items()}
+    try:
+        with open(path, "rb") as fh, open(tmps[False], "wb") as tr, open(tmps[True], "wb") as va:
+            files = {True: va, False: tr}
+            for i, line in enumerate(fh):
+                v = bool(is_val[i])
+                files[v].write(line)
+                outs[v][1].update(line)
+                counts[v] += 1
+        for v, (p, _) in outs.items():
+            os.replace(tmps[v], p)
+    except BaseException:
+        for tmp in tmps.values():
+            tmp.unlink(missing_ok=True)
+        raise
     cols = columns or []
     return (StageResult(train_out, counts[False], outs[False][1].hexdigest(), cols, format=fmt),
             StageResult(validation_out, counts[True], outs[True][1].hexdigest(), cols, format=fmt))
