@@ -65,16 +65,20 @@ class DatasetAssets:
         folder = self.root / name / f"tmp-{uuid.uuid4().hex[:12]}"
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / "data.jsonl"
-        shutil.move(str(staged.path), path)
-        stats = {k: v for k, v in staged.to_dict().items()
-                 if k in ("rows_read", "rows_written", "empty_fields", "empty_rows", "duplicates", "files",
-                          "notes", "warnings", "dataset_version")}
-        stats["lengths"] = column_lengths(path, staged.columns)
-        stats.update(extra or {})
-        row, created = self.store.add_dataset_version(name, dict(
-            technique=technique, format=staged.format, sha256=staged.sha256, rows=staged.rows,
-            columns=staged.columns, source=source, column_map=column_map, path=str(path), parent=parent,
-            stats=stats), description=description)
+        try:  # until the database has the version, a failure (Ctrl-C included) leaves no folder behind
+            shutil.move(str(staged.path), path)
+            stats = {k: v for k, v in staged.to_dict().items()
+                     if k in ("rows_read", "rows_written", "empty_fields", "empty_rows", "duplicates", "files",
+                              "notes", "warnings", "dataset_version")}
+            stats["lengths"] = column_lengths(path, staged.columns)
+            stats.update(extra or {})
+            row, created = self.store.add_dataset_version(name, dict(
+                technique=technique, format=staged.format, sha256=staged.sha256, rows=staged.rows,
+                columns=staged.columns, source=source, column_map=column_map, path=str(path), parent=parent,
+                stats=stats), description=description)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
         if not created:  # another process stored the same content first
             shutil.rmtree(folder, ignore_errors=True)
             return row | {"created": False}
@@ -82,9 +86,11 @@ class DatasetAssets:
         shutil.rmtree(final, ignore_errors=True)
         folder.rename(final)
         self.store.set_dataset_path(row["id"], str(final / "data.jsonl"))
-        (final / "meta.json").write_text(json.dumps(
+        meta = final / "meta.json.partial"
+        meta.write_text(json.dumps(
             {k: v for k, v in row.items() if k not in ("id", "path")} | {"path": str(final / "data.jsonl")},
             indent=2, default=str) + "\n")
+        meta.replace(final / "meta.json")
         return self.get(row["ref"]) | {"created": True}
 
     # ---- read -----------------------------------------------------------------------------------
