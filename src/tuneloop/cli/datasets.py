@@ -113,12 +113,13 @@ def stage(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Validate every record of a dataset and write canonical JSONL (the pipeline `tune` uses)."""
+    from tuneloop.data.limits import shell_arg
     from tuneloop.data.stage import stage_dataset
 
     t = _technique(technique)
     staged = stage_dataset(dataset, t, output, column_map=column_map, no_transform=no_transform, take=take,
                            reward_model=_reward(t, reward_function, reward_prompt),
-                           command=f"tuneloop datasets stage --technique {t} --output {output}")
+                           command=f"tuneloop datasets stage --technique {t} --output {shell_arg(str(output))}")
     if model:
         staged.lengths = _lengths(staged, t, model, max_seq_length)
     _render_stage(staged, as_json)
