@@ -1,5 +1,7 @@
 """Resolve `--model` to a catalog entry, a built-in, or a local folder, and read its shape
-without importing torch (config.json and safetensors headers)."""
+without importing torch (config.json and safetensors headers). A local folder must hold
+safetensors weights: pickled ones (`*.bin`, `*.pt`, `*.pth`, `*.ckpt`) are refused here, before
+any job exists, because unpickling a file can run code; loaders pass `use_safetensors=True`."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tuneloop.catalog import ModelEntry, load_catalog
+from tuneloop.data.limits import shell_arg
 from tuneloop.errors import ValidationError
 from tuneloop.training.plan import ModelShape, shape_from_config, shape_from_parameters
 
@@ -63,6 +66,7 @@ def resolve_model(model: str | None, technique: str, training_type: str) -> Reso
             raise ValidationError(f"Model folder {folder} has no config.json.",
                                   hint="Pass a Hugging Face model folder (config.json, *.safetensors, tokenizer).",
                                   param="model")
+        check_weights(folder)
         base = _tuned_from(folder, ("manifest.json",)) if technique in ("rlvr", "rlaif") else None
         if base is not None:  # a tuneloop full-rank output: RL continues from it with its base's defaults
             base.technique(technique, training_type)
@@ -100,12 +104,15 @@ def _resolve_adapter(folder: Path, technique: str, training_type: str) -> Resolv
         raise ValidationError(f"Continuing from an adapter folder is available for rlvr and rlaif; {folder} is an "
                               f"adapter and this job is {technique}.",
                               hint="Pass the base model as --model, or a full-rank output folder.", param="model")
+    check_weights(folder, adapter=True)
     try:
         base_path = json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"]
     except (OSError, ValueError, KeyError):
         raise ValidationError(f"{folder}/adapter_config.json does not name its base model "
                               "(base_model_name_or_path).", param="model") from None
     base_dir = Path(str(base_path)).expanduser()
+    if base_dir.is_dir():
+        check_weights(base_dir)
     entry = _tuned_from(folder) or (_tuned_from(base_dir) if base_dir.is_dir() else None) \
         or load_catalog().get(str(base_path))
     if not base_dir.is_dir() and entry is None:
@@ -116,6 +123,35 @@ def _resolve_adapter(folder: Path, technique: str, training_type: str) -> Resolv
     base = str(base_dir.resolve()) if base_dir.is_dir() else str(base_path)
     return ResolvedModel(str(folder.resolve()), "adapter", entry, base_path=base,
                          note=f"ℹ️  Continuing from the adapter {folder} (base {entry.id if entry else base})")
+
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+_CONVERT = {  # run where the file is trusted; the folder is passed as an argument, never inside the code
+    False: "import sys; from transformers import AutoModelForCausalLM as M; "
+           "M.from_pretrained(sys.argv[1]).save_pretrained(sys.argv[1], safe_serialization=True)",
+    True: "import sys, torch, safetensors.torch as s; d = sys.argv[1]; "
+          "s.save_file(torch.load(d + '/adapter_model.bin', weights_only=True), d + '/adapter_model.safetensors')",
+}
+
+
+def check_weights(folder: Path, adapter: bool = False) -> None:
+    """Refuse a model (or adapter) folder without safetensors weights, naming its pickles."""
+    has = (folder / "adapter_model.safetensors").is_file() if adapter else any(folder.glob("*.safetensors"))
+    if has:
+        return
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES and p.is_file())
+    what = "adapter" if adapter else "model"
+    need = "adapter_model.safetensors" if adapter else "*.safetensors"
+    if pickles:
+        message = (f"{what.capitalize()} folder {folder} holds only pickled weights ({', '.join(pickles[:5])}"
+                   f"{', ...' if len(pickles) > 5 else ''}): tuneloop loads {need} only, because unpickling a "
+                   "file can run code.")
+        convert = (f"Convert the weights to safetensors on a machine where you trust the file, then pass the "
+                   f"folder again:\n  python -c \"{_CONVERT[adapter]}\" {shell_arg(str(folder))}")
+    else:
+        message = f"{what.capitalize()} folder {folder} has no weights ({need})."
+        convert = "Pass the folder that save_pretrained wrote (config.json, *.safetensors, tokenizer)."
+    raise ValidationError(message, hint=convert, param="model")
 
 
 def count_safetensors_parameters(folder: Path) -> int:
