@@ -337,7 +337,9 @@ class Scheduler(threading.Thread):
             p = row.req.params
             if p.temperature <= 0 or row.generator is None:
                 continue
-            probs = torch.softmax(logits[i].float() / p.temperature, -1)
+            # a temperature near 0 (1e-300 is valid JSON) would scale logits to inf and softmax to NaN:
+            # below 1e-6 the distribution is greedy in all but name, so the scale stops there
+            probs = torch.softmax(logits[i].float() / max(p.temperature, 1e-6), -1)
             if p.top_p < 1.0:
                 sorted_p, order = probs.sort(descending=True)
                 # keep the smallest prefix whose mass reaches top_p (the first token always stays)

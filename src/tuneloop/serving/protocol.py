@@ -274,6 +274,11 @@ def error_body(status: int, message: str, *, type: str | None = None, param: str
                       "param": param, "code": code}}
 
 
+# the names pydantic gives a union's branches in an error's loc (not fields): `stop.str`, `prompt.list[str]`
+_UNION_TAGS = {"str", "int", "float", "bool", "none", "constrained-str", "constrained-int"}
+_UNION_TAG_PREFIXES = ("function-", "list[", "literal[", "dict[", "tagged-union[")
+
+
 def validation_param(loc: tuple | list) -> str:
     """('body', 'messages', 0, 'content') -> 'messages[0].content'."""
     out = ""
@@ -282,7 +287,7 @@ def validation_param(loc: tuple | list) -> str:
             continue
         if isinstance(part, int):
             out += f"[{part}]"
-        elif isinstance(part, str) and not part.startswith(("function-", "list[", "str", "literal[")):
+        elif isinstance(part, str) and part not in _UNION_TAGS and not part.startswith(_UNION_TAG_PREFIXES):
             out += ("." if out else "") + part
     return out or "body"
 
