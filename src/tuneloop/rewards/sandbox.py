@@ -5,14 +5,20 @@
     box.close()
 
 Each worker (`tuneloop.rewards.worker`) is a fresh interpreter (not a fork of the trainer, so it
-holds none of its memory) started with a scrubbed environment: no API keys, tokens or database
-URLs, only PATH, locale, a private HOME/TMPDIR and the PYTHONPATH that finds tuneloop and the
-reward's folder. It caps its own address space (RLIMIT_AS), leaves the network where the OS allows
-it, and times every call out with SIGALRM. The parent keeps a hard deadline on top (timeout + 2 s):
-a worker that does not answer is killed and replaced, the sample it was on is marked `timeout`, and
-the rest of its chunk goes to the new worker. A worker that dies (segfault, os._exit, the OOM
-killer) marks its sample `crash` the same way. A batch is split across the workers in contiguous
-chunks and they run concurrently.
+holds none of its memory) started with a scrubbed environment (no API keys, tokens or database
+URLs) inside the isolation `tuneloop.rewards.isolation` builds: new user, mount, PID, network, IPC
+and UTS namespaces, a read-only view of only the interpreter, tuneloop and the reward's own folder,
+a private /tmp, no capabilities, a seccomp filter, and a cgroup capping its memory and processes
+(bubblewrap when installed, the kernel's primitives otherwise; `Sandbox.info()["isolation"]`).
+Without either, user code is refused (`SandboxUnavailable`) unless `allow_unsafe` asks for the old
+process limits only. A worker sees the folder of the reward it runs: workers are started per set of
+folders, and idle workers of another set are replaced when the pool is full.
+
+Every call runs under a SIGALRM timer in the worker; the parent keeps a hard deadline on top
+(timeout + 2 s): a worker that does not answer is killed with everything it started, the sample it
+was on is marked `timeout`, and the rest of its chunk goes to a new worker. A worker that dies
+(segfault, os._exit, the OOM killer) marks its sample `crash` the same way. A batch is split
+across the workers in contiguous chunks and they run concurrently.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import atexit
 import json
 import logging
 import os
+import secrets
 import select
 import shutil
 import signal
@@ -34,7 +41,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from tuneloop.rewards import isolation
 from tuneloop.rewards.base import Sample, Score
+from tuneloop.rewards.isolation import SandboxUnavailable
+
+__all__ = ["InProcess", "Sandbox", "SandboxUnavailable"]
 
 log = logging.getLogger(__name__)
 _HEADER = struct.Struct(">I")
@@ -47,8 +58,7 @@ DEFAULT_MEMORY_MB = int(os.environ.get("TUNELOOP_SANDBOX_MEMORY_MB") or 2048)
 def scrubbed_env(home: str, paths: list[str]) -> dict[str, str]:
     """The environment a worker gets: nothing secret is inherited."""
     env = {k: os.environ[k] for k in KEEP_ENV if k in os.environ}
-    package_root = str(Path(__file__).resolve().parents[2])  # the folder holding the tuneloop package
-    env.update(HOME=home, TMPDIR=home, PYTHONPATH=os.pathsep.join([package_root, *paths]),
+    env.update(HOME=home, TMPDIR=home, PYTHONPATH=os.pathsep.join([isolation.PACKAGE_ROOT, *paths]),
                PYTHONDONTWRITEBYTECODE="1", PYTHONHASHSEED="0", PYTHONUNBUFFERED="1",
                OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
     return env
@@ -61,15 +71,15 @@ class WorkerGone(Exception):
 
 
 class _Worker:
-    def __init__(self, index: int, home: str, env: dict[str, str], memory_mb: int, cwd: str):
-        self.index = index
-        self.log_path = os.path.join(home, f"worker-{index}.log")
-        self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-s", "-m", "tuneloop.rewards.worker", "--memory-mb", str(memory_mb)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, env=env, cwd=cwd,
-            close_fds=True, start_new_session=True)
-        self.info: dict[str, Any] = {}
+    def __init__(self, index: int, argv: list[str], binds: tuple[str, ...], log_path: str, env: dict[str, str],
+                 cwd: str, cgroup: isolation.Cgroup | None, isolated: bool):
+        self.index, self.binds, self.cgroup, self.isolated = index, binds, cgroup, isolated
+        self.log_path = log_path
+        self._log = open(log_path, "ab")
+        self.answered = False
+        self.proc = subprocess.Popen(cgroup.wrap(argv) if cgroup else argv, stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=self._log, env=env, cwd=cwd, close_fds=True,
+                                     start_new_session=True)
 
     def send(self, obj: Any) -> None:
         data = json.dumps(obj, default=str).encode()
@@ -97,21 +107,35 @@ class _Worker:
 
     def recv(self, deadline: float) -> Any:
         (n,) = _HEADER.unpack(self._read_exact(_HEADER.size, deadline))
-        return json.loads(self._read_exact(n, deadline))
+        msg = json.loads(self._read_exact(n, deadline))
+        self.answered = True
+        return msg
 
     def _gone(self) -> WorkerGone:
         try:
             code = self.proc.wait(timeout=2.0)
         except subprocess.TimeoutExpired:
             code = None
+        if self.isolated and code is not None and code > 128 and (code - 128) in signal.Signals._value2member_map_:
+            code = -(code - 128)          # the launcher reports a worker killed by signal N as 128 + N
+        if self.cgroup and self.cgroup.oom_kills():
+            return WorkerGone("crash", "the worker process was killed: out of memory (the sandbox's memory limit)")
         if code is not None and code < 0:
             name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
             if -code == signal.SIGKILL:
                 return WorkerGone("crash", f"the worker process was killed ({name}; out of memory?)")
             return WorkerGone("crash", f"the worker process died ({name})")
-        return WorkerGone("crash", f"the worker process exited (code {code})")
+        tail = ""
+        if not self.answered:             # it died starting: its log says why
+            try:
+                lines = [ln for ln in Path(self.log_path).read_text(errors="replace").splitlines() if ln.strip()]
+                tail = f": {lines[-1][:300]}" if lines else ""
+            except OSError:
+                pass
+        return WorkerGone("crash", f"the worker process exited (code {code}){tail}")
 
     def kill(self) -> None:
+        """Kill the worker and everything it started (its process group, its PID namespace, its cgroup)."""
         if self.proc.poll() is None:
             try:
                 os.killpg(self.proc.pid, signal.SIGKILL)
@@ -121,6 +145,8 @@ class _Worker:
             self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             pass
+        if self.cgroup:
+            self.cgroup.remove()
         for f in (self.proc.stdin, self.proc.stdout):
             try:
                 f.close()
@@ -130,51 +156,81 @@ class _Worker:
 
 
 class Sandbox:
-    """A pool of sandbox workers. Thread-safe: concurrent `call`s share the workers."""
+    """A pool of sandbox workers. Thread-safe: concurrent `call`s share the workers.
+
+    `allow_unsafe` (or TUNELOOP_UNSAFE_REWARD_SANDBOX=1): where no isolation works, run user code
+    with the old process limits only instead of raising `SandboxUnavailable`."""
 
     def __init__(self, workers: int | None = None, timeout_s: float = 10.0, memory_mb: int | None = None,
-                 search_paths: list[str] | None = None, cwd: str | None = None):
+                 search_paths: list[str] | None = None, cwd: str | None = None, allow_unsafe: bool = False):
         self.size = max(1, workers or min(4, os.cpu_count() or 1))
         self.timeout_s = float(timeout_s)
         self.memory_mb = int(memory_mb or DEFAULT_MEMORY_MB)
         self.search_paths = [str(Path(p).resolve()) for p in (search_paths or [os.getcwd()])]
         self.home = tempfile.mkdtemp(prefix="tuneloop-sandbox-")
+        try:
+            self.isolation = isolation.choose(scrubbed_env(self.home, []), self.home, allow_unsafe)
+        except BaseException:
+            shutil.rmtree(self.home, ignore_errors=True)
+            raise
+        self.isolated = self.isolation != "unsafe"
+        self._inner_home = "/tmp" if self.isolated else self.home
         self.cwd = cwd or self.home
-        self._env = scrubbed_env(self.home, self.search_paths)
+        self._explicit_cwd = cwd
+        self._env = scrubbed_env(self._inner_home, self.search_paths)
+        self._name = f"sbx-{os.getpid()}-{secrets.token_hex(3)}"
         self._idle: list[_Worker] = []
         self._all: list[_Worker] = []
         self._lock = threading.Lock()
         self._count = 0
         self._conventions: dict[str, str] = {}
+        self._needs: dict[str, tuple[tuple[str, ...], list[str]]] = {}
         self._pool = ThreadPoolExecutor(max_workers=self.size, thread_name_prefix="sandbox")
+        # Workers die with the thread that started them (PR_SET_PDEATHSIG): one long-lived thread starts them all.
+        self._spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sandbox-spawn")
         self._closed = False
         atexit.register(self.close)
 
     # ---- workers --------------------------------------------------------------------------------
-    def _spawn(self) -> _Worker:
+    def _spawn(self, binds: tuple[str, ...]) -> _Worker:
         with self._lock:
             self._count += 1
             index = self._count
-        w = _Worker(index, self.home, self._env, self.memory_mb, self.cwd)
+        argv = [sys.executable, "-s", "-m", "tuneloop.rewards.worker", "--memory-mb", str(self.memory_mb),
+                "--isolation", self.isolation, "--max-procs", str(isolation.PIDS_MAX)]
+        cwd = self._explicit_cwd if self.isolated else self.cwd
+        spec = isolation.layout(self.home, binds, cwd)
+        cgroup = isolation.Cgroup.create(self._name, f"w{index}", self.memory_mb, isolation.PIDS_MAX)
+        w = self._spawner.submit(_Worker, index, isolation.command(self.isolation, spec, argv), binds,
+                                 os.path.join(self.home, f"worker-{index}.log"), self._env, self.home, cgroup,
+                                 self.isolated).result()
         with self._lock:
             self._all.append(w)
         return w
 
-    def _take(self) -> _Worker:
+    def _take(self, binds: tuple[str, ...] | None = None) -> _Worker:
+        """An idle worker that sees `binds` (None: any), else a new one; idle workers of other folders
+        are stopped once the pool holds twice its size."""
+        evict = []
         with self._lock:
-            while self._idle:
-                w = self._idle.pop()
-                if w.proc.poll() is None:
-                    return w
-                w.kill()
-        return self._spawn()
+            for w in list(reversed(self._idle)):
+                if binds is None or w.binds == binds:
+                    self._idle.remove(w)
+                    if w.proc.poll() is None:
+                        return w
+                    evict.append(w)
+            while self._idle and len(self._all) - len(evict) >= 2 * self.size:
+                evict.append(self._idle.pop(0))
+        for w in evict:
+            self._discard(w)
+        return self._spawn(binds or ())
 
     def _give(self, w: _Worker) -> None:
         with self._lock:
-            if self._closed:
-                w.kill()
-            else:
+            if not self._closed:
                 self._idle.append(w)
+                return
+        w.kill()
 
     def _discard(self, w: _Worker) -> None:
         w.kill()
@@ -182,8 +238,23 @@ class Sandbox:
             if w in self._all:
                 self._all.remove(w)
 
+    def _binds(self, target: dict[str, Any]) -> tuple[tuple[str, ...], list[str]]:
+        """(the folders a target's worker must see, extra sys.path entries for it)."""
+        if not self.isolated:
+            return (), []
+        key = json.dumps(target, sort_keys=True)
+        if key not in self._needs:
+            if target["kind"] == "file":
+                self._needs[key] = isolation.file_binds(target["path"]), []
+            elif target["kind"] == "module":
+                self._needs[key] = isolation.module_binds(target["module"], [*self.search_paths, *sys.path])
+            else:
+                self._needs[key] = (), []
+        return self._needs[key]
+
     def info(self) -> dict[str, Any]:
-        """What isolation the workers got: {"network": "namespace"|"python", "memory_mb", ...}."""
+        """What isolation the workers got: {"isolation": "bwrap"|"namespaces"|"unsafe", "network", "memory_mb",
+        "cgroup", "seccomp", "max_procs", "visible", ...}."""
         w = self._take()
         try:
             w.send({"op": "ping"})
@@ -192,11 +263,14 @@ class Sandbox:
             self._discard(w)
             raise
         self._give(w)
-        return info
+        visible = [dst for _, dst in isolation.layout(self.home, w.binds)["ro"]] if self.isolated else ["everything"]
+        return {"isolation": self.isolation, **info, "cgroup": w.cgroup.kind if w.cgroup else None,
+                "visible": visible}
 
-    def warm(self) -> None:
-        """Start every worker now (instead of on the first call)."""
-        workers = [self._take() for _ in range(self.size)]
+    def warm(self, target: dict[str, Any] | None = None) -> None:
+        """Start every worker now (instead of on the first call), for `target` if given."""
+        binds = self._binds(target)[0] if target else ()
+        workers = [self._take(binds) for _ in range(self.size)]
         for w in workers:
             self._give(w)
 
@@ -207,9 +281,10 @@ class Sandbox:
             return "sample"
         key = json.dumps(target, sort_keys=True)
         if key not in self._conventions:
-            w = self._take()
+            binds, paths = self._binds(target)
+            w = self._take(binds)
             try:
-                w.send({"op": "load", "target": target, "timeout": self.timeout_s})
+                w.send({"op": "load", "target": self._sent(target, paths), "timeout": self.timeout_s})
                 res = w.recv(time.monotonic() + max(self.timeout_s, LOAD_S) + GRACE_S)
             except WorkerGone:
                 self._discard(w)
@@ -219,6 +294,10 @@ class Sandbox:
                 return "sample"  # the load error is reported per sample by the calls
             self._conventions[key] = res["convention"]
         return self._conventions[key]
+
+    @staticmethod
+    def _sent(target: dict[str, Any], paths: list[str]) -> dict[str, Any]:
+        return {**target, "paths": [*target.get("paths", []), *paths]} if paths else target
 
     def call(self, target: dict[str, Any], samples: list[Sample], timeout_s: float | None = None) -> list[Score]:
         if not samples:
@@ -244,10 +323,12 @@ class Sandbox:
         per_item = timeout * (len(items) if batch else 1)
         if target["kind"] == "code_tests":
             per_item = timeout * 64 + GRACE_S  # the worker times each test itself
+        binds, paths = self._binds(target)
+        sent = self._sent(target, paths)
         while start < len(items):
-            w = self._take()
+            w = self._take(binds)
             try:
-                w.send({"op": "call", "target": target, "samples": items[start:], "timeout": timeout})
+                w.send({"op": "call", "target": sent, "samples": items[start:], "timeout": timeout})
                 load_slack = LOAD_S if target["kind"] != "code_tests" else 0.0
                 while True:
                     msg = w.recv(time.monotonic() + per_item + GRACE_S + load_slack)
@@ -274,6 +355,7 @@ class Sandbox:
         return [s if s is not None else Score.failed("crash", "no result") for s in out]
 
     def close(self) -> None:
+        """Stop every worker and everything they started; remove the sandbox's cgroups and files."""
         with self._lock:
             if self._closed:
                 return
@@ -282,6 +364,8 @@ class Sandbox:
         for w in workers:
             w.kill()
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._spawner.shutdown(wait=False, cancel_futures=True)
+        isolation.remove_sandbox_cgroups(self._name)
         shutil.rmtree(self.home, ignore_errors=True)
 
     def __enter__(self) -> "Sandbox":

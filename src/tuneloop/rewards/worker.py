@@ -1,12 +1,15 @@
-"""python -m tuneloop.rewards.worker --memory-mb 2048   (started by `tuneloop.rewards.sandbox.Sandbox`)
+"""python -m tuneloop.rewards.worker --memory-mb 2048 --isolation bwrap   (started by `tuneloop.rewards.sandbox.Sandbox`)
 
 A sandbox worker: loads user reward code and calls it, one process apart from the trainer. It
 speaks length-prefixed JSON on stdin and on a private copy of stdout (so what user code prints
-goes to the worker log, never into the protocol). On start it caps its address space
-(RLIMIT_AS), turns core dumps off, caps file sizes, and leaves the network (a new network
-namespace where the OS allows it, else sockets refuse to connect). The environment it gets is
-already scrubbed by the parent. Every call runs under a SIGALRM timer; code_tests runs the
-completion's code in a forked child per sample, so model-written code cannot touch the worker.
+goes to the worker log, never into the protocol). The sandbox starts it already isolated
+(`--isolation bwrap|namespaces`: its own namespaces, a read-only view of the filesystem, no
+capabilities; see `tuneloop.rewards.isolation`) with a scrubbed environment. Before it reads a
+message it caps its address space (RLIMIT_AS), its process count (RLIMIT_NPROC), file sizes and
+core dumps, then installs the seccomp filter; with `--isolation unsafe` it also leaves the network
+where the OS allows it (else sockets refuse to connect). Every call runs under a SIGALRM timer;
+code_tests runs the completion's code in a forked child per sample, so model-written code cannot
+touch the worker, and kills whatever that code left behind.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import sys
 import traceback
 from typing import Any, Callable
 
+from tuneloop.rewards import isolation
 from tuneloop.rewards.base import Score, coerce
 from tuneloop.rewards.calling import call_batch, call_one, convention
 
@@ -57,6 +61,27 @@ def limit_memory(memory_mb: int) -> None:
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 2**20, 256 * 2**20))
+
+
+def limit_processes(max_procs: int, own_user_namespace: bool) -> int:
+    """RLIMIT_NPROC counts every process of the real uid: in the worker's own user namespace only its
+    own, else all of the user's on the machine (so the cap is set above the current count). The
+    kernel never applies it to uid 0 (root relies on the sandbox's pids cgroup). Returns the limit."""
+    limit = max_procs
+    if not own_user_namespace:
+        uid = os.getuid()
+        mine = 0
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{pid}/status") as f:
+                    mine += any(line.startswith("Uid:") and line.split()[1] == str(uid) for line in f)
+            except OSError:
+                pass
+        limit += mine
+    soft, hard = resource.getrlimit(resource.RLIMIT_NPROC)
+    limit = limit if hard == resource.RLIM_INFINITY else min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_NPROC, (limit, limit))
+    return limit
 
 
 def isolate_network() -> str:
@@ -197,6 +222,25 @@ def _run_tests_child(code: str, tests: list[str], entry_point: str | None, timeo
     return {"passed": passed, "compiled": 1}
 
 
+_OWN_PID_NAMESPACE = False   # set by serve(): the worker is PID 2 of its own PID namespace
+
+
+def _kill_leftovers() -> None:
+    """Kill every process model code left behind (kill(-1) spares only PID 1 and this worker), then reap."""
+    if not _OWN_PID_NAMESPACE:
+        return
+    try:
+        os.kill(-1, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    while True:
+        try:
+            if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                return
+        except ChildProcessError:
+            return
+
+
 def code_tests(s: dict[str, Any], timeout: float) -> Score:
     row = s.get("row") or {}
     raw = next((row[c] for c in TEST_COLUMNS if row.get(c)), None)
@@ -234,6 +278,7 @@ def code_tests(s: dict[str, Any], timeout: float) -> Score:
         except ProcessLookupError:
             pass
         os.waitpid(pid, 0)
+        _kill_leftovers()
     try:
         res = json.loads(b"".join(chunks))
     except ValueError:  # the code killed its process or hung: every test failed
@@ -258,20 +303,38 @@ def _write(fd: int, obj: Any) -> None:
         data = data[os.write(fd, data):]
 
 
-def serve(memory_mb: int) -> None:
+def lock_down(mode: str, memory_mb: int, max_procs: int) -> dict[str, Any]:
+    """Limits, then (unsafe mode) leave the network, then seccomp: before any user code loads."""
+    global _OWN_PID_NAMESPACE
+    isolated = mode != "unsafe"
+    limit_memory(memory_mb)
+    nproc = limit_processes(max_procs, own_user_namespace=isolated)
+    network = "namespace" if isolated else isolate_network()
+    try:
+        isolation.lock_down()
+        seccomp = True
+    except OSError as e:
+        if isolated:
+            raise                # the launchers were probed with this very call: refuse to go on without it
+        print(f"tuneloop sandbox worker: no seccomp filter ({e})", file=sys.stderr, flush=True)
+        seccomp = False
+    _OWN_PID_NAMESPACE = isolated and os.getpid() == 2
+    return {"isolation": mode, "network": network, "seccomp": seccomp, "max_procs": nproc}
+
+
+def serve(memory_mb: int, mode: str = "unsafe", max_procs: int = isolation.PIDS_MAX) -> None:
     out = os.dup(1)              # the protocol's own fd; fd 1 now goes where stderr goes
     os.dup2(2, 1)
     stdin = os.fdopen(0, "rb", buffering=0)
     signal.signal(signal.SIGALRM, _on_alarm)
-    limit_memory(memory_mb)
-    network = isolate_network()
+    locked = lock_down(mode, memory_mb, max_procs)
     while True:
         msg = _read(stdin)
         if msg is None:
             return
         op = msg.get("op")
         if op == "ping":
-            _write(out, {"ok": True, "network": network, "memory_mb": memory_mb, "pid": os.getpid()})
+            _write(out, {"ok": True, **locked, "memory_mb": memory_mb, "pid": os.getpid()})
             continue
         target, timeout = msg["target"], float(msg.get("timeout") or 10.0)
         samples = msg.get("samples") or []
@@ -321,8 +384,11 @@ def serve(memory_mb: int) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m tuneloop.rewards.worker")
     parser.add_argument("--memory-mb", type=int, default=2048)
+    parser.add_argument("--isolation", choices=isolation.MODES, default="unsafe",
+                        help="how the sandbox started this worker (bwrap and namespaces: already isolated)")
+    parser.add_argument("--max-procs", type=int, default=isolation.PIDS_MAX)
     args = parser.parse_args(argv)
-    serve(args.memory_mb)
+    serve(args.memory_mb, args.isolation, args.max_procs)
 
 
 if __name__ == "__main__":
