@@ -344,6 +344,7 @@ class Scheduler(threading.Thread):
                 sorted_p, order = probs.sort(descending=True)
                 # keep the smallest prefix whose mass reaches top_p (the first token always stays)
                 drop = sorted_p.cumsum(-1) - sorted_p >= p.top_p
+                drop[0] = False  # a top_p below float32's range (5e-324) rounds to 0 and would drop it
                 sorted_p[drop] = 0.0
                 probs = torch.zeros_like(probs).scatter_(0, order, sorted_p)
             tokens[i] = torch.multinomial(probs, 1, generator=row.generator)[0]
