@@ -497,8 +497,8 @@ def _single(t: _Text, first: str) -> Iterator[Row]:
 
 # ---- parquet ----------------------------------------------------------------------------------
 def read_parquet(fh: IO[bytes], *, max_line_bytes: int | None = None, budget: Budget | None = None) -> Iterator[Row]:
-    """Row group by row group: each one's decoded size is charged to `budget` before it is read,
-    and batches hold about BATCH_BYTES (fewer rows when rows are wide)."""
+    """Batch by batch, each of about BATCH_BYTES decoded; each batch's decoded size is charged to
+    `budget` before its rows are yielded."""
     import pyarrow.parquet as pq
 
     limit = max_line_bytes or limits.current().record_bytes
@@ -507,14 +507,12 @@ def read_parquet(fh: IO[bytes], *, max_line_bytes: int | None = None, budget: Bu
     except Exception as e:  # pyarrow raises ArrowInvalid / OSError for a broken file
         yield 1, None, f"not a readable parquet file ({e})"
         return
-    groups = [pf.metadata.row_group(i) for i in range(pf.metadata.num_row_groups)]
-    widest = max((g.total_byte_size / max(g.num_rows, 1) for g in groups), default=1.0)
-    batch_rows = max(1, min(BATCH_ROWS, int(BATCH_BYTES / max(widest, 1.0))))
     row = 0
-    for i, group in enumerate(groups):
-        if budget is not None:
-            budget.charge(group.total_byte_size)
-        for batch in pf.iter_batches(batch_size=batch_rows, row_groups=[i]):
+    sizing = _BatchSize()
+    for group in range(pf.metadata.num_row_groups):
+        for batch in _parquet_batches(pf, group, sizing):
+            if budget is not None:
+                budget.charge(batch.nbytes)
             wide = batch.nbytes > limit  # only then can one of its rows be over the limit
             for j, record in enumerate(batch.to_pylist()):
                 row += 1
@@ -522,6 +520,44 @@ def read_parquet(fh: IO[bytes], *, max_line_bytes: int | None = None, budget: Bu
                     yield row, None, record_too_long(limit, "row")
                 else:
                     yield row, record, None
+
+
+class _BatchSize:
+    """Rows per parquet batch: a few at first, then what makes BATCH_BYTES. A file's metadata
+    cannot say how big its rows decode (dictionary encoding repeats a long value for free)."""
+
+    def __init__(self) -> None:
+        self.rows, self.measured = 16, False
+
+    def fits(self, batch: Any) -> bool:
+        """False when the batch says another size is much better (the group is then read again)."""
+        ideal = max(1, min(BATCH_ROWS, int(BATCH_BYTES * batch.num_rows / max(batch.nbytes, 1))))
+        grow = not self.measured and ideal > 4 * self.rows
+        self.measured = True
+        if grow or (ideal * 4 < self.rows):
+            self.rows = ideal
+            return False
+        return True
+
+
+def _parquet_batches(pf: Any, group: int, size: _BatchSize) -> Iterator[Any]:
+    """One row group's batches; when a batch asks for another batch size, the group is read again
+    at that size from the first row not yet yielded (growing: once, after the first batch)."""
+    done = 0
+    while True:
+        skip = done
+        for batch in pf.iter_batches(batch_size=size.rows, row_groups=[group]):
+            if skip >= batch.num_rows:
+                skip -= batch.num_rows
+                continue
+            if skip:
+                batch, skip = batch.slice(skip), 0
+            if not size.fits(batch):
+                break
+            done += batch.num_rows
+            yield batch
+        else:
+            return
 
 
 def parquet_columns(fh: IO[bytes]) -> list[str]:
