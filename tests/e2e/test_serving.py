@@ -92,7 +92,7 @@ class Server:
         log = open(self.loop.root / "serve.log", "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tuneloop", "serve", "--port", str(self.loop.port), "--api-key", KEY,
-             "--batch-window-ms", "50"], stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+             "--batch-window-ms", "50", "--model-root", str(self.loop.root)],  # the bad folders posted directly stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
             env={**os.environ, **self.loop.env})
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:

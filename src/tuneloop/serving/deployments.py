@@ -7,6 +7,8 @@ runs, and the running server's admin endpoints.
     deps.running_server()                                    # ServerInfo or None
 
 The CLI and the server call the same methods; a server started later loads what is recorded here.
+A running server loads request paths only from under its model roots (weights.py); the folders the
+CLI names go on the project's allow-list first, since the operator chose them on this machine.
 """
 
 from __future__ import annotations
