@@ -105,6 +105,15 @@ def test_json_array_over_the_cap_is_streamed_not_parsed_whole(tmp_path, monkeypa
     assert stage(tmp_path / "ok.json", tmp_path).rows == 3  # under the cap: staged as before
 
 
+def test_a_json_document_that_cannot_be_streamed_is_capped_like_one_record(tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNELOOP_MAX_RECORD_BYTES", "64KiB")
+    monkeypatch.setattr(readers, "CHUNK_BYTES", 4096)
+    doc = tmp_path / "doc.json"   # "data" is not the first key: the whole object would have to be parsed
+    doc.write_text(json.dumps({"version": 1, "data": [ROW] * 5000}, indent=2))
+    text = refused(doc, tmp_path).render()
+    assert f"{doc}: row 1: the JSON document is longer than 64 KiB" in text and "or JSONL" in text
+
+
 def test_a_record_over_the_record_cap_names_its_line(tmp_path, monkeypatch):
     monkeypatch.setenv("TUNELOOP_MAX_RECORD_BYTES", "64KiB")
     long = json.dumps({"prompt": "x" * 100_000, "completion": "y"})

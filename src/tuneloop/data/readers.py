@@ -470,8 +470,14 @@ def _single(t: _Text, first: str) -> Iterator[Row]:
 
     try:
         doc, end = t.decode(_CHECKED)
-    except (_Bad, _TooLong, ValueError) as e:
-        if first == "{" and "\n" in t.buf.strip():  # JSONL with a bad or long first line
+    except _TooLong:
+        nl = t.buf.find("\n", t.pos)
+        if first == "{" and nl > 0 and diagnose_line(t.buf[t.pos:nl].encode())[1] is None:
+            yield from as_jsonl()  # JSONL whose first line is a record: the document was not one value
+            return
+        raise
+    except (_Bad, ValueError) as e:
+        if first == "{" and "\n" in t.buf.strip():  # JSONL with a bad first line
             yield from as_jsonl()
             return
         if isinstance(e, _DuplicateKey):
