@@ -208,8 +208,8 @@ def test_every_completion_field_is_validated(body, param):
     (b'"text"', "must be a JSON object, not a string"),
     (b"17", "must be a JSON object, not a number"),
     (b"{not json", "not valid JSON"),
-    (b'{"model": "\xff"}', "cannot be parsed as JSON"),                  # not UTF-8
-    (b"[" * 5000 + b"]" * 5000, "cannot be parsed as JSON"),             # nested past the parser's depth
+    (b'{"model": "\xff"}', "cannot be parsed as JSON: it is not UTF-8"),
+    (b"[" * 5000 + b"]" * 5000, "cannot be parsed as JSON: it is nested too deeply"),
     (b'{"model": "base", "prompt": "x", "temperature": NaN}', "finite number"),
     (b'{"model": "base", "prompt": "x", "top_p": Infinity}', "finite number"),
 ])

@@ -48,7 +48,8 @@ def check_json_text(data: Any) -> None:
             for k, v in value.items():
                 if isinstance(k, str) and _bad_text(k):
                     raise ValidationError(f"A key in `{where}` contains a lone UTF-16 surrogate, which is not "
-                                          "valid Unicode.", param=where)
+                                          "valid Unicode.", param=where,
+                                          hint="Send text as valid UTF-8; surrogates must come in pairs.")
                 stack.append((v, k if where == "body" else f"{where}.{k}"))
         elif isinstance(value, list):
             stack.extend((v, f"{where}[{i}]") for i, v in enumerate(value))
@@ -311,8 +312,10 @@ def error_response(exc: BaseException) -> tuple[int, dict[str, Any]]:
                                code="invalid_value" if first.get("type") != "missing" else "missing_field")
     if isinstance(exc, HTTPException):
         if exc.status_code == 400:  # FastAPI could not parse the body: not UTF-8, or nested too deeply
-            return 400, error_body(400, f"The request body cannot be parsed as JSON ({exc.detail}).",
-                                   param="body", code="invalid_json")
+            why = {RecursionError: "it is nested too deeply", UnicodeDecodeError: "it is not UTF-8"}.get(
+                type(exc.__cause__), str(exc.detail))
+            return 400, error_body(400, f"The request body cannot be parsed as JSON: {why}.", param="body",
+                                   code="invalid_json")
         return exc.status_code, error_body(exc.status_code, str(exc.detail), code=None)
     log.error("unhandled error", exc_info=exc)
     return 500, error_body(500, f"Internal server error: {type(exc).__name__}: {exc}", code="server_error")
