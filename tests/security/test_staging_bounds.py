@@ -19,6 +19,8 @@ import pytest
 import tuneloop.data.readers as readers
 import tuneloop.data.stage as stage_mod
 from tests.conftest import DEMO_DATA, cli, write_jsonl
+from tests.integration.test_hf_datasets import REPO, Hub, hub  # noqa: F401 - hub: the stand-in Hub's fixture
+from tests.integration.test_hf_datasets import run as run_hub
 from tuneloop.data.stage import stage_dataset
 from tuneloop.errors import DatasetError, ValidationError
 
@@ -202,6 +204,15 @@ def test_remote_fsspec_sources_are_bounded_too(tmp_path, monkeypatch):
     finally:
         fs.rm("/bounds", recursive=True)
     assert "larger than 1 MiB decompressed" in err.message and "memory://" in err.message
+
+
+def test_hub_files_over_the_cap_are_refused_before_download(hub, tmp_path, monkeypatch, home):
+    monkeypatch.setenv("TUNELOOP_MAX_DATASET_BYTES", "1KiB")
+    Hub.seen.clear()
+    r = run_hub(hub, tmp_path, "dpo", f"hf://{REPO}?file=train-0000*")
+    assert r.returncode == 1 and "nothing was downloaded" in r.stderr, r.stderr
+    assert "more than the limit of 1 KiB for one dataset" in r.stderr
+    assert not [p for method, p, _ in Hub.seen if "/resolve/" in p]
 
 
 def test_the_parallel_path_has_the_same_limits(tmp_path, monkeypatch):
