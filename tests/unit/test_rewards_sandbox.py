@@ -1,19 +1,26 @@
-"""The sandbox: user reward code in worker processes, with timeouts, a memory limit, no secrets and
-no network; failures become per-sample errors and the workers recover. Verification catches each
-broken reward on sample rows. (Starts real worker processes: about a second per test.)"""
+"""The sandbox: user reward code in isolated worker processes, with timeouts, a memory limit, no
+secrets and no network; failures become per-sample errors and the workers recover; no isolation
+means no user code unless asked. The seccomp program and what a worker sees, checked without
+processes. Verification catches each broken reward on sample rows. (Starts real worker processes:
+about a second per test; tests/security/test_sandbox.py attacks the isolation itself.)"""
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
+import struct
+import sys
 import textwrap
 import time
 
 import pytest
 
+from tuneloop.errors import ValidationError
+from tuneloop.rewards import isolation
 from tuneloop.rewards.base import Sample
 from tuneloop.rewards.functions import RewardContext
-from tuneloop.rewards.sandbox import Sandbox
+from tuneloop.rewards.sandbox import Sandbox, SandboxUnavailable
 from tuneloop.rewards.verify import verify_rows
 
 P = [{"role": "user", "content": "What is 2 + 2?"}]
@@ -156,13 +163,93 @@ def test_no_secrets_and_no_network(box, code, monkeypatch):
         [s] = fresh.call({"kind": "file", "path": str(code), "function": "connect"}, [Sample("1", P, "x", {"port": port})])
         server.close()
         assert s.value is None and s.error.kind == "exception", s
-        assert fresh.info()["network"] in ("namespace", "python")
+        info = fresh.info()
+        assert info["isolation"] in ("bwrap", "namespaces") and info["network"] == "namespace" and info["seccomp"]
+        assert str(code.parent) in info["visible"] and os.getcwd() not in info["visible"]
     finally:
         fresh.close()
 
 
+def test_without_isolation_user_code_is_refused_unless_asked(monkeypatch, tmp_path):
+    monkeypatch.delenv("TUNELOOP_SANDBOX_ISOLATION", raising=False)
+    monkeypatch.delenv("TUNELOOP_UNSAFE_REWARD_SANDBOX", raising=False)
+    monkeypatch.setattr(isolation, "probe", lambda mode, env, home: f"{mode}: does not work here")
+    with pytest.raises(SandboxUnavailable) as e:
+        Sandbox(workers=1)
+    assert isinstance(e.value, ValidationError) and "bwrap: does not work here; namespaces: " in e.value.message
+    assert "apt-get install bubblewrap" in e.value.hint and "--unsafe-reward-sandbox" in e.value.hint
+    for box in (lambda: Sandbox(workers=1, allow_unsafe=True),
+                lambda: (monkeypatch.setenv("TUNELOOP_UNSAFE_REWARD_SANDBOX", "1"), Sandbox(workers=1))[1]):
+        with box() as unsafe:
+            assert unsafe.info()["isolation"] == "unsafe"
+            path = tmp_path / "r.py"
+            path.write_text("def f(completion):\n    return 2.0\n")
+            assert [s.value for s in unsafe.call({"kind": "file", "path": str(path), "function": "f"},
+                                                 [Sample("1", P, "x")])] == [2.0]
+    monkeypatch.setenv("TUNELOOP_SANDBOX_ISOLATION", "chroot")
+    with pytest.raises(ValidationError, match="not one of bwrap, namespaces, unsafe"):
+        Sandbox(workers=1)
+
+
+def run_seccomp(program: bytes, arch: int, nr: int, arg0: int = 0) -> int:
+    """Evaluate a classic-BPF seccomp program on one syscall (the few opcodes ours uses)."""
+    data = struct.pack("=iIQ6Q", nr, arch, 0, arg0, 0, 0, 0, 0, 0)
+    ins = [struct.unpack_from("=HBBI", program, i) for i in range(0, len(program), 8)]
+    pc, acc = 0, 0
+    while True:
+        code, jt, jf, k = ins[pc]
+        if code == 0x20:
+            acc = struct.unpack_from("=I", data, k)[0]
+        elif code == 0x06:
+            return k
+        else:
+            taken = {0x15: acc == k, 0x35: acc >= k, 0x45: bool(acc & k)}[code]
+            pc += jt if taken else jf
+        pc += 1
+
+
+@pytest.mark.parametrize("arch, nr, arg0, action", [
+    (isolation.AUDIT_ARCH_X86_64, 39, 0, "allow"),                     # getpid
+    (isolation.AUDIT_ARCH_X86_64, 308, 0, "eperm"),                    # setns
+    (isolation.AUDIT_ARCH_X86_64, 165, 0, "eperm"),                    # mount
+    (isolation.AUDIT_ARCH_X86_64, 430, 0, "eperm"),                    # fsopen
+    (isolation.AUDIT_ARCH_X86_64, 56, 0x01200011, "allow"),            # clone as fork() calls it
+    (isolation.AUDIT_ARCH_X86_64, 56, 0x10000000 | 17, "eperm"),       # clone(CLONE_NEWUSER)
+    (isolation.AUDIT_ARCH_X86_64, 435, 0, "enosys"),                   # clone3: glibc falls back to clone
+    (isolation.AUDIT_ARCH_X86_64, 0x40000000 | 308, 0, "eperm"),       # x32 ABI
+    (isolation.AUDIT_ARCH_AARCH64, 268, 0, "eperm"),                   # setns
+    (isolation.AUDIT_ARCH_AARCH64, 172, 0, "allow"),                   # getpid
+    (isolation.AUDIT_ARCH_AARCH64, 220, 0x20000000, "eperm"),          # clone(CLONE_NEWPID)
+    (0x40000003, 20, 0, "kill"),                                       # i386 compat calls: unknown arch
+])
+def test_the_seccomp_program(arch, nr, arg0, action):
+    expected = {"allow": isolation.RET_ALLOW, "eperm": isolation.RET_ERRNO | errno.EPERM,
+                "enosys": isolation.RET_ERRNO | errno.ENOSYS, "kill": isolation.RET_KILL}[action]
+    assert run_seccomp(isolation.seccomp_program(), arch, nr, arg0) == expected
+
+
+def test_what_a_worker_sees(tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNELOOP_HOME", str(tmp_path / "home"))
+    pkg = tmp_path / "src" / "mypkg"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("raise SystemExit('imported!')")   # located, never imported
+    (tmp_path / "src" / "single.py").write_text("")
+    assert isolation.locate_module("mypkg.sub", [str(tmp_path), str(tmp_path / "src")]) == str(pkg)
+    assert isolation.module_binds("single", [str(tmp_path / "src")]) == ((str(tmp_path / "src" / "single.py"),),
+                                                                         [str(tmp_path / "src")])
+    assert isolation.module_binds("json", [str(tmp_path), *sys.path])[0] == ()   # the standard library: visible
+    assert isolation.file_binds(str(tmp_path / "src" / "r.py")) == (str(tmp_path / "src"),)
+    assert isolation.file_binds(str(tmp_path / "r.py")) == (str(tmp_path / "r.py"),)   # its folder holds TUNELOOP_HOME
+    assert isolation.file_binds(os.path.expanduser("~/r.py")) == (os.path.realpath(os.path.expanduser("~/r.py")),)
+    assert isolation.file_binds(str(tmp_path / "home" / "r.py")) == (str(tmp_path / "home" / "r.py"),)
+    spec = isolation.layout(str(tmp_path / "box"), (str(tmp_path / "src"),))
+    seen = [dst for _, dst in spec["ro"]]
+    assert str(tmp_path / "src") in seen and isolation.PACKAGE_ROOT in seen and "/etc/passwd" in seen
+    assert not any(p in seen for p in ("/", "/etc", "/root", os.path.expanduser("~"), str(tmp_path)))
+
+
 def test_samples_run_concurrently_across_workers(box, code):
-    box.warm()
+    box.warm({"kind": "file", "path": str(code), "function": "slow"})
     t = time.monotonic()
     assert [s.value for s in run(box, code, "slow", completions=["a", "b", "c", "d"])] == [1.0] * 4
     assert time.monotonic() - t < 1.5  # 4 x 0.4 s on 2 workers

@@ -72,8 +72,8 @@ class WorkerGone(Exception):
 
 class _Worker:
     def __init__(self, index: int, argv: list[str], binds: tuple[str, ...], log_path: str, env: dict[str, str],
-                 cwd: str, cgroup: isolation.Cgroup | None, isolated: bool):
-        self.index, self.binds, self.cgroup, self.isolated = index, binds, cgroup, isolated
+                 cwd: str, cgroup: isolation.Cgroup | None, isolated: bool, memory_mb: int):
+        self.index, self.binds, self.cgroup, self.isolated, self.memory_mb = index, binds, cgroup, isolated, memory_mb
         self.log_path = log_path
         self._log = open(log_path, "ab")
         self.answered = False
@@ -118,10 +118,11 @@ class _Worker:
             code = None
         if self.isolated and code is not None and code > 128 and (code - 128) in signal.Signals._value2member_map_:
             code = -(code - 128)          # the launcher reports a worker killed by signal N as 128 + N
-        if self.cgroup and self.cgroup.oom_kills():
-            return WorkerGone("crash", "the worker process was killed: out of memory (the sandbox's memory limit)")
         if code is not None and code < 0:
             name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
+            if -code == signal.SIGKILL and self.cgroup and self.cgroup.oom_kills():
+                return WorkerGone("crash", f"the worker process was killed: out of memory (the sandbox's "
+                                           f"{self.memory_mb} MB limit for all its processes)")
             if -code == signal.SIGKILL:
                 return WorkerGone("crash", f"the worker process was killed ({name}; out of memory?)")
             return WorkerGone("crash", f"the worker process died ({name})")
@@ -203,7 +204,7 @@ class Sandbox:
         cgroup = isolation.Cgroup.create(self._name, f"w{index}", self.memory_mb, isolation.PIDS_MAX)
         w = self._spawner.submit(_Worker, index, isolation.command(self.isolation, spec, argv), binds,
                                  os.path.join(self.home, f"worker-{index}.log"), self._env, self.home, cgroup,
-                                 self.isolated).result()
+                                 self.isolated, self.memory_mb).result()
         with self._lock:
             self._all.append(w)
         return w

@@ -27,6 +27,7 @@ import signal
 import socket
 import struct
 import sys
+import time
 import traceback
 from typing import Any, Callable
 
@@ -226,19 +227,32 @@ _OWN_PID_NAMESPACE = False   # set by serve(): the worker is PID 2 of its own PI
 
 
 def _kill_leftovers() -> None:
-    """Kill every process model code left behind (kill(-1) spares only PID 1 and this worker), then reap."""
+    """Kill every process model code left behind (kill(-1) spares only PID 1 and this worker) and wait
+    until they are gone (SIGKILL is delivered asynchronously), reaping this worker's own children."""
     if not _OWN_PID_NAMESPACE:
         return
     try:
         os.kill(-1, signal.SIGKILL)
     except ProcessLookupError:
-        pass
-    while True:
+        return
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline:
         try:
-            if os.waitpid(-1, os.WNOHANG)[0] == 0:
-                return
+            while os.waitpid(-1, os.WNOHANG)[0]:
+                pass
         except ChildProcessError:
+            pass
+        if not [p for p in os.listdir("/proc") if p.isdigit() and p not in ("1", "2") and not _zombie(p)]:
             return
+        time.sleep(0.005)
+
+
+def _zombie(pid: str) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except (OSError, IndexError):
+        return True
 
 
 def code_tests(s: dict[str, Any], timeout: float) -> Score:
