@@ -16,6 +16,7 @@ def adapter(tmp_path):
     folder = tmp_path / "adapter"
     folder.mkdir()
     (folder / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "/models/base"}))
+    (folder / "adapter_model.safetensors").write_bytes(b"")   # resolution reads names, not tensors
     return folder
 
 
@@ -25,6 +26,10 @@ def test_folders(adapter, tmp_path):
     full = tmp_path / "full"
     full.mkdir()
     (full / "config.json").write_text("{}")
+    (full / "pytorch_model.bin").write_bytes(b"")
+    with pytest.raises(ValidationError, match="only pickled weights"):   # never unpickled
+        resolve_eval_model(str(full))
+    (full / "model.safetensors").write_bytes(b"")
     assert resolve_eval_model(str(full)).adapter is None
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValidationError, match="neither a model folder"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 import time
 from typing import Any
@@ -72,7 +73,7 @@ def render_result(svc, job: dict[str, Any]) -> None:
             f"Job {job['id']} {job['state']}: {job['error'] or 'no reason recorded'}",
             details=[f"Logs: tuneloop logs {job['id']}"],
             hint=f"Fix the cause, then start a new job with --force:\n  tuneloop tune --technique "
-                 f"{job['technique']} --dataset {job['dataset']} --force")
+                 f"{job['technique']} --dataset {shlex.quote(job['dataset'])} --force")
     metrics = job["metrics"] or {}
     pkg = svc.store.package_for_job(job["id"])
     print(f"✅ {job['id']} completed")

@@ -95,10 +95,16 @@ def resolve_eval_model(ref: str, project: str | None = None) -> EvalModel:
 
 
 def _from_folder(folder: Path, name: str) -> EvalModel:
+    from tuneloop.models.weights import check_weights
+
     if (folder / "adapter_config.json").is_file():
+        check_weights(folder, adapter=True)
         base = json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        if base and Path(base).is_dir():
+            check_weights(Path(base))
         return EvalModel(name, str(base), str(folder.resolve()))
     if (folder / "config.json").is_file():
+        check_weights(folder)
         return EvalModel(name, str(folder.resolve()), None)
     raise ValidationError(f"{folder} is neither a model folder (config.json) nor an adapter (adapter_config.json).",
                           param="model")

@@ -346,7 +346,7 @@ class JobService:
         raise JobFailedError(
             f"The last {job['technique']} job {job['id']} {job['state']}: {job['error'] or 'no reason recorded'}",
             hint=f"Fix the cause, then start a new job with --force:\n  tuneloop tune --technique "
-                 f"{job['technique']} --dataset {prep.spec.dataset} --force")
+                 f"{job['technique']} --dataset {shlex.quote(prep.spec.dataset)} --force")
 
     def _create(self, prep: Prepared, staging: Path) -> dict[str, Any] | None:
         spec = prep.spec

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shlex
 import struct
 import tarfile
 from dataclasses import dataclass, field
@@ -75,9 +76,10 @@ def _refuse_pickle(folder: Path, what: str) -> None:
         f"{folder} holds only pickle weights ({', '.join(pickles)}): tuneloop loads safetensors only, "
         "because unpickling a file can run code.", param="weights",
         hint=f"Convert the {what} on a machine where you trust the file, then deploy the folder again:\n"
-             "  python -c \"import torch, safetensors.torch as s; "
-             f"s.save_file(torch.load('{folder / pickles[0]}', weights_only=True), "
-             f"'{folder / ('adapter_model.safetensors' if what == 'adapter' else 'model.safetensors')}')\"")
+             "  python -c \"import sys, torch, safetensors.torch as s; "
+             "s.save_file(torch.load(sys.argv[1], weights_only=True), sys.argv[2])\" "
+             f"{shlex.quote(str(folder / pickles[0]))} "
+             f"{shlex.quote(str(folder / ('adapter_model.safetensors' if what == 'adapter' else 'model.safetensors')))}")
 
 
 def _folder(path: str | Path, param: str) -> Path:
