@@ -136,3 +136,16 @@ def test_cli_refuses_a_metadata_reward_before_any_job(home, tmp_path):
         assert r.returncode == 1, r.stdout + r.stderr
         assert "Refusing the reward endpoint" in r.stderr, r.stderr
         assert ("TUNELOOP_ALLOW_URLS=loopback" in r.stderr) == (not args), r.stderr
+
+
+def test_dataset_urls_are_checked_and_chains_refused(stub_dns):
+    from tuneloop.data import sources
+    from tuneloop.errors import DatasetError
+
+    with pytest.raises(UnsafeURLError, match="link-local"):
+        sources.resolve("http://metadata.evil.test/train.jsonl")
+    with pytest.raises(UnsafeURLError, match="private"):
+        sources.resolve("https://internal.evil.test/train.jsonl")
+    with pytest.raises(DatasetError, match="Chained"):
+        sources.resolve("simplecache::http://169.254.169.254/x.jsonl")
+    assert stub_dns[1] == []

@@ -80,6 +80,9 @@ def resolve(source: str, *, lookup: Callable[[str], Any] | None = None) -> Resol
     if pattern is not None and not pattern:
         raise DatasetError("?file= needs a pattern.", hint='Example: --dataset "hf://org/name?file=*train*"',
                            param="dataset")
+    if "::" in base and "://" in base:
+        raise DatasetError(f"Chained fsspec URLs are not accepted ({base!r}).", param="dataset",
+                           hint="Pass the data's own URL (s3://bucket/key, https://host/file.jsonl) or a local copy.")
     if base.startswith("hf://"):
         return _resolve_hf(source, base, pattern)
     if base.startswith("file://"):
@@ -131,6 +134,10 @@ def _hidden(rel: str) -> bool:
 def _resolve_fsspec(source: str, url: str, pattern: str | None) -> ResolvedSource:
     import fsspec
 
+    if url.lower().startswith(("http://", "https://")):
+        from tuneloop.netguard import check_url
+
+        check_url(url, what="dataset URL")
     try:
         fs, root = fsspec.core.url_to_fs(url)
     except ImportError as e:
