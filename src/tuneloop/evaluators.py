@@ -75,7 +75,8 @@ class EvaluatorService:
         rows' own reward_model is replaced by `ref`). A local judge model is loaded and run."""
         from tuneloop.data.stage import stage_dataset
         from tuneloop.rewards.functions import RewardContext
-        from tuneloop.rewards.verify import read_rows, verify_rows
+        from tuneloop.data.staged import read_rows
+        from tuneloop.rewards.verify import verify_rows
 
         technique = self.technique_of(ref)
         if technique == "rlaif" and not judge_model:

@@ -10,7 +10,6 @@ in project `demo` of your TUNELOOP_HOME.
 
 from __future__ import annotations
 
-import json
 import time
 from importlib import resources
 from pathlib import Path
@@ -18,15 +17,13 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from tuneloop.data.staged import read_rows
+
 PROJECT = "demo"
 
 
 def _data(name: str) -> Path:
     return Path(str(resources.files("tuneloop") / "demo_data" / name))
-
-
-def _rows(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _run_job(console: Console, svc, technique: str, dataset: Path) -> dict:
@@ -67,7 +64,7 @@ def _demo(console: Console, svc) -> int:
     started = time.monotonic()
     model_id = "tuneloop/tiny-qwen3"
     base_dir = str(ensure_builtin(model_id, svc.settings.models_dir))
-    sft_rows, dpo_rows = _rows(_data("sft.jsonl")), _rows(_data("dpo.jsonl"))
+    sft_rows, dpo_rows = read_rows(_data("sft.jsonl")), read_rows(_data("dpo.jsonl"))
     prompts, refs = [r["prompt"] for r in sft_rows], [r["completion"] for r in sft_rows]
 
     console.rule(f"[bold]1. Base model {model_id}")
@@ -131,7 +128,7 @@ def _rlvr_stage(console: Console, svc, base_dir: str) -> tuple[float, float, dic
     from tuneloop.evaluation.quick import exact_match, generate, load_for_eval
     from tuneloop.service.jobs import TuneRequest
 
-    held = _rows(_data("rlvr_heldout.jsonl"))
+    held = read_rows(_data("rlvr_heldout.jsonl"))
     prompts, refs = [r["prompt"][0]["content"] for r in held], [r["answer"] for r in held]
     jobs = {}
     for technique, request in (

@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Optional
@@ -17,6 +16,7 @@ from rich.table import Table
 
 from tuneloop.cli.common import console, handle_errors, print_json
 from tuneloop.cli.deploy import API_KEY, PROJECT, deployments
+from tuneloop.data.staged import read_rows
 from tuneloop.errors import ValidationError
 
 
@@ -67,16 +67,10 @@ def read_prompts(path: str, samples: int) -> list[tuple[str, str | None]]:
     """(prompt, expected answer or None) from JSONL: prompt/completion, input/output, messages."""
     rows: list[tuple[str, str | None]] = []
     try:
-        lines = Path(path).expanduser().read_text(encoding="utf-8").splitlines()
+        records = read_rows(Path(path).expanduser(), samples)
     except OSError as e:
         raise ValidationError(f"Cannot read {path}: {e.strerror}.", param="dataset") from None
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError:
-            raise ValidationError(f"{path}:{n}: invalid JSON.", param="dataset") from None
+    for n, row in enumerate(records, 1):
         if "messages" in row:
             msgs = row["messages"]
             users = [m["content"] for m in msgs if m.get("role") == "user"]
@@ -88,10 +82,8 @@ def read_prompts(path: str, samples: int) -> list[tuple[str, str | None]]:
         if isinstance(prompt, list):  # RL prompts: [{"role", "content"}]
             prompt = next((m["content"] for m in reversed(prompt) if m.get("role") == "user"), None)
         if not isinstance(prompt, str):
-            raise ValidationError(f"{path}:{n}: no prompt (prompt, input or messages).", param="dataset")
+            raise ValidationError(f"{path}: row {n} has no prompt (prompt, input or messages).", param="dataset")
         rows.append((prompt, expected if isinstance(expected, str) else None))
-        if len(rows) >= samples:
-            break
     if not rows:
         raise ValidationError(f"{path} has no rows.", param="dataset")
     return rows

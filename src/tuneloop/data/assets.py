@@ -22,6 +22,7 @@ from typing import Any
 from tuneloop.data.lengths import column_lengths
 from tuneloop.data.sources import NAME_RE, REF_RE
 from tuneloop.data.stage import StageResult, split_staged, stage_dataset
+from tuneloop.data.staged import read_rows
 from tuneloop.errors import DatasetError, NotFoundError, ValidationError
 
 SAMPLE_ROWS = 3
@@ -119,13 +120,7 @@ class DatasetAssets:
         return rows
 
     def sample(self, row: dict[str, Any], n: int = SAMPLE_ROWS) -> list[dict[str, Any]]:
-        out = []
-        with open(row["path"], "rb") as fh:
-            for line in fh:
-                out.append(json.loads(line))
-                if len(out) >= n:
-                    break
-        return out
+        return read_rows(row["path"], n)
 
     # ---- split and delete -------------------------------------------------------------------------
     def split(self, ref: str, ratio: float = 0.9, seed: int = 0) -> tuple[dict[str, Any], dict[str, Any]]:

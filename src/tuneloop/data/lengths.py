@@ -16,9 +16,9 @@ import json
 import re
 from array import array
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
-import orjson
+from tuneloop.data.staged import iter_rows
 
 BATCH = 1024
 
@@ -74,12 +74,6 @@ def _plain(messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
     return "\n".join(f"{m['role']}\n{m['content']}" for m in messages)
 
 
-def _rows(path: Path) -> Iterator[dict[str, Any]]:
-    with open(path, "rb") as fh:
-        for line in fh:
-            yield orjson.loads(line)
-
-
 def token_lengths(path: Path, technique: str, model_folder: Path, max_length: int | None) -> dict[str, Any]:
     """Distribution of token lengths of a staged file and how many rows exceed `max_length`."""
     from tokenizers import Tokenizer
@@ -100,7 +94,7 @@ def token_lengths(path: Path, technique: str, model_folder: Path, max_length: in
         batch.clear()
         owners.clear()
 
-    for row in _rows(path):
+    for row in iter_rows(path):
         for messages, gen in _conversations(row, technique):
             try:
                 text = render(messages, gen) if render else _plain(messages, gen)
@@ -135,7 +129,7 @@ def summarize(values: "array[int] | list[int]", max_length: int | None) -> dict[
 def column_lengths(path: Path, columns: list[str]) -> dict[str, dict[str, Any]]:
     """Characters per canonical column (messages: all contents of a row together)."""
     per: dict[str, array] = {c: array("I") for c in columns}
-    for row in _rows(path):
+    for row in iter_rows(path):
         for c in columns:
             v = row.get(c)
             if isinstance(v, list):

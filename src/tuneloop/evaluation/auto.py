@@ -10,10 +10,11 @@ the registered version (`tuneloop registry list`).
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
+
+from tuneloop.data.staged import count_rows, iter_rows, read_rows
 
 KEEP = {"sft": ("eval_loss", "eval_mean_token_accuracy"),
         "dpo": ("eval_loss", "eval_rewards/accuracies", "eval_rewards/margins")}
@@ -23,10 +24,10 @@ MAX_GENERATE = 64
 def evaluate_validation(trainer, tokenizer, technique: str, eval_path: Path) -> dict[str, float]:
     raw = trainer.evaluate()
     out = {k: float(raw[k]) for k in KEEP.get(technique, ()) if isinstance(raw.get(k), (int, float))}
-    out["eval_rows"] = float(sum(1 for line in open(eval_path, encoding="utf-8") if line.strip()))
+    out["eval_rows"] = float(count_rows(eval_path))
     if technique == "sft" and "eval_loss" in out:
         out["eval_perplexity"] = math.exp(min(out["eval_loss"], 50.0))
-        rows = [r for r in _rows(eval_path) if isinstance(r.get("prompt"), str) and isinstance(r.get("completion"), str)]
+        rows = [r for r in iter_rows(eval_path) if isinstance(r.get("prompt"), str) and isinstance(r.get("completion"), str)]
         rows = rows[:MAX_GENERATE]
         if rows:
             from tuneloop.evaluation.quick import exact_match
@@ -51,17 +52,13 @@ def _greedy(trainer, tokenizer, prompts: list[Any], max_new_tokens: int) -> list
         model.train(was_training)
 
 
-def _rows(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in open(path, encoding="utf-8") if line.strip()]
-
-
 def evaluate_rl_validation(trainer, tokenizer, ctx, default_ref: str | None, eval_path: Path,
                            max_new_tokens: int) -> dict[str, float]:
     """RLVR/RLAIF: greedy answers to up to 64 validation prompts, scored by each row's reward
     (its reward_model, else the job's): eval_reward is the mean over the answers that scored."""
     from tuneloop.evaluation.run import score_answers
 
-    rows = _rows(eval_path)[:MAX_GENERATE]
+    rows = read_rows(eval_path, MAX_GENERATE)
     answers = _greedy(trainer, tokenizer, [r["prompt"] for r in rows], max_new_tokens)
     scored = score_answers(ctx, rows, answers, default_ref=default_ref)
     values = [s.value for scores in scored.values() for s in scores if s.ok]

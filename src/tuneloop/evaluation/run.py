@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tuneloop.data.staged import read_rows
 from tuneloop.errors import ValidationError
 from tuneloop.rewards.base import Score
 
@@ -132,7 +133,7 @@ def _stage(req: EvalRequest, work: Path) -> tuple[str, list[dict[str, Any]]]:
                          "file.py:function, an evaluator NAME, or Builtin.Correctness with --judge MODEL)."
             errors.append(e)
             continue
-        rows = [json.loads(line) for line in open(staged.path, encoding="utf-8") if line.strip()]
+        rows = read_rows(staged.path)
         return technique, rows
     best = min(errors, key=_missing_columns)   # the format the data came closest to
     if len(errors) > 1:

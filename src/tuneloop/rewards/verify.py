@@ -11,11 +11,11 @@ A local judge model is only checked (template rendered, model found) unless `run
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tuneloop.data.staged import iter_rows
 from tuneloop.rewards.base import Sample, Score
 from tuneloop.rewards.functions import RewardContext, _Failing
 from tuneloop.rewards.graders import REFERENCE_COLUMNS
@@ -57,42 +57,25 @@ class VerifyReport:
                             for r in self.results]}
 
 
-def read_rows(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
-    rows = []
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            if line.strip():
-                rows.append(json.loads(line))
-                if limit is not None and len(rows) >= limit:
-                    break
-    return rows
-
-
 def rows_by_reward(path: Path, per_reward: int) -> list[dict[str, Any]]:
     """Up to `per_reward` rows for each distinct `reward_model` of a staged file (one pass)."""
     picked: list[dict[str, Any]] = []
     counts: dict[str, int] = {}
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            ref = row.get("reward_model") or ""
-            if counts.get(ref, 0) < per_reward:
-                counts[ref] = counts.get(ref, 0) + 1
-                picked.append(row)
+    for row in iter_rows(path):
+        ref = row.get("reward_model") or ""
+        if counts.get(ref, 0) < per_reward:
+            counts[ref] = counts.get(ref, 0) + 1
+            picked.append(row)
     return picked
 
 
 def rewards_in(path: Path) -> dict[str, int]:
     """Distinct `reward_model` values of a staged file and how many rows use each."""
     counts: dict[str, int] = {}
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            if line.strip():
-                ref = json.loads(line).get("reward_model")
-                if ref:
-                    counts[ref] = counts.get(ref, 0) + 1
+    for row in iter_rows(path):
+        ref = row.get("reward_model")
+        if ref:
+            counts[ref] = counts.get(ref, 0) + 1
     return counts
 
 
