@@ -1,7 +1,9 @@
 """python bench/sandbox_overhead.py [--completions 1000] [--batch 32] [--repeats 5] [--steps 6]
 
-Sandbox overhead: a reward function in a Python file, run in tuneloop's sandbox (worker processes,
-JSON over pipes, per-call timeouts) vs the same function called in-process, over `--completions`
+Sandbox overhead: a reward function in a Python file, run in tuneloop's sandbox (isolated worker
+processes: namespaces, seccomp, cgroup; JSON over pipes, per-call timeouts; bubblewrap or the
+namespaces launcher as the machine allows, `TUNELOOP_SANDBOX_ISOLATION` forces one) vs the same
+function called in-process, over `--completions`
 completions scored in batches of `--batch` (the planned GRPO step of the built-in model: 4 prompts
 x 8 completions). The overhead per step (sandbox minus in-process) is reported as a share of the
 time of one real GRPO step of the same plan (tuneloop/tiny-qwen3 on the bundled RLVR task, measured
@@ -91,7 +93,7 @@ def main() -> None:
         items = samples(args.completions)
         t = time.perf_counter()
         box = Sandbox(timeout_s=10.0, search_paths=[tmp])
-        box.warm()
+        box.warm(target)
         box.call(target, items[:2])
         startup = time.perf_counter() - t
         inproc = InProcess([tmp])
@@ -100,13 +102,15 @@ def main() -> None:
         for i in range(args.repeats):
             for kind in (("in-process", "sandbox") if i % 2 == 0 else ("sandbox", "in-process")):
                 runs[kind].append(score_all(box if kind == "sandbox" else inproc, target, items, args.batch))
+        isolation = box.info()["isolation"]
         box.close()
         med = {k: statistics.median(v) for k, v in runs.items()}
         calls = -(-args.completions // args.batch)
         overhead_per_step = (med["sandbox"] - med["in-process"]) / calls
         step_s, planned_batch = grpo_step_seconds(args.steps, Path(tmp))
     share = overhead_per_step / step_s
-    print(f"{args.completions} completions in {calls} batches of {args.batch} ({box.size} sandbox workers):")
+    print(f"{args.completions} completions in {calls} batches of {args.batch} ({box.size} sandbox workers, "
+          f"isolation: {isolation}):")
     print(f"  in-process: median {med['in-process'] * 1000:.1f} ms total (runs: "
           + ", ".join(f"{x * 1000:.1f}" for x in runs["in-process"]) + ")")
     print(f"  sandbox:    median {med['sandbox'] * 1000:.1f} ms total (runs: "
@@ -114,8 +118,8 @@ def main() -> None:
     print(f"  overhead per step of {args.batch}: {overhead_per_step * 1000:.2f} ms; planned GRPO step "
           f"(tiny-qwen3, {planned_batch} completions): median {step_s * 1000:.0f} ms -> {share:.1%} of step time")
     print(f"  worker start-up (once per job, {box.size} workers, first load): {startup * 1000:.0f} ms")
-    print(json.dumps({"median_s": med, "overhead_per_step_s": overhead_per_step, "step_s": step_s,
-                      "share_of_step": share, "startup_s": startup, "load_average": os.getloadavg()[0]}, indent=2))
+    print(json.dumps({"isolation": isolation, "median_s": med, "overhead_per_step_s": overhead_per_step,
+                      "step_s": step_s, "share_of_step": share, "startup_s": startup, "load_average": os.getloadavg()[0]}, indent=2))
 
 
 if __name__ == "__main__":

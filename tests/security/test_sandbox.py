@@ -171,6 +171,15 @@ ATTACKS = textwrap.dedent('''
             os._exit(0)
         os.waitpid(pid, 0)
         return 1.0
+
+
+    def detach_and_hang(completion, marker):
+        detach(completion, marker)
+        while True:                                  # swallows the worker's alarm: the sandbox must kill it
+            try:
+                time.sleep(10)
+            except BaseException:
+                pass
 ''')
 
 
@@ -335,6 +344,8 @@ def test_no_way_back_into_the_host_namespaces(box, host, kind):
 
 # ---- resources -----------------------------------------------------------------------------------------
 def test_a_fork_bomb_stops_at_the_cap(box, host):
+    if box.info()["max_procs"] is None:
+        pytest.skip("root without a writable cgroup: nothing caps processes (RLIMIT_NPROC does not bind uid 0)")
     score = attack(box, host, "file", "fork_bomb", n=500)
     refused(score, "fork failed after")
     made = int(score.error.message.split("after ")[1].split()[0])
@@ -388,8 +399,59 @@ def test_nothing_outlives_the_sandbox(host, mode):
     while processes_with(marker) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert processes_with(marker) == []
+    found = isolation._cgroup_bases()
+    assert not [b for b in (found[1].values() if found else ()) if os.path.exists(os.path.join(b, sandbox._name))]
     time.sleep(max(0.0, started + 2.0 - time.monotonic()))   # past the moment it would have written
     assert not Path(marker).exists()
+
+
+def test_a_timeout_kills_everything_the_reward_started(box, host):
+    marker = str(host["root"] / f"timeout-marker-{id(box)}")
+    [score] = box.call(target(host, "file", "detach_and_hang"), [Sample("s", [], "x", {"marker": marker})],
+                       timeout_s=0.3)
+    assert score.error.kind == "timeout" and "worker was killed" in score.error.message
+    deadline = time.monotonic() + 2.0
+    while processes_with(marker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert processes_with(marker) == []
+
+
+TRAINER = textwrap.dedent('''
+    import sys, time
+    from tuneloop.rewards.base import Sample
+    from tuneloop.rewards.sandbox import Sandbox
+    box = Sandbox(workers=1, timeout_s=5.0)
+    target = {"kind": "file", "path": sys.argv[1], "function": "detach"}
+    [s] = box.call(target, [Sample("s", [], "x", {"marker": sys.argv[2]})])
+    print(s.value, flush=True)
+    time.sleep(60)
+''')
+
+
+@pytest.mark.parametrize("mode", ["bwrap", "namespaces"])
+def test_the_workers_die_with_the_trainer(host, mode):
+    open_sandbox(mode, workers=1).close()                     # skips where this isolation does not work
+    marker = str(host["root"] / f"trainer-{mode}-marker")
+    trainer = subprocess.Popen([sys.executable, "-c", TRAINER, str(host["root"] / "rewards" / "attacks.py"), marker],
+                               stdout=subprocess.PIPE, text=True,
+                               env={**os.environ, "TUNELOOP_SANDBOX_ISOLATION": mode})
+    try:
+        assert trainer.stdout.readline().strip() == "1.0"
+        deadline = time.monotonic() + 2.0
+        while not processes_with(marker) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert processes_with(marker)
+    finally:
+        trainer.kill()                                         # SIGKILL: no atexit, no close()
+        trainer.wait()
+    deadline = time.monotonic() + 3.0
+    while processes_with(marker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert processes_with(marker) == []
+    isolation.sweep_stale_cgroups()                            # what the next sandbox does for the dead one
+    found = isolation._cgroup_bases()
+    for base in (found[1].values() if found else ()):
+        assert not [n for n in os.listdir(base) if n.startswith(f"sbx-{trainer.pid}-")]
 
 
 # ---- model-written code under builtin:code_tests ---------------------------------------------------------
@@ -408,7 +470,7 @@ def test_model_written_code_fails_every_attack(box, host):
                f"return unix(None, {str(host['root'] / 'listener.sock')!r})",
                "return setns(None, '/proc/1/ns/net')",
                "return unshare(None)",
-               "return fork_bomb(None, 500)",
+               "return float(fork_bomb(None, 500) >= 500)",
                "return kill_parent(None)",
                "return kill_everything(None)"]
     for body in attacks:

@@ -160,7 +160,8 @@ def test_no_secrets_and_no_network(box, code, monkeypatch):
         server.bind(("127.0.0.1", 0))
         server.listen()
         port = server.getsockname()[1]
-        [s] = fresh.call({"kind": "file", "path": str(code), "function": "connect"}, [Sample("1", P, "x", {"port": port})])
+        [s] = fresh.call({"kind": "file", "path": str(code), "function": "connect"},
+                         [Sample("1", P, "x", {"port": port})])
         server.close()
         assert s.value is None and s.error.kind == "exception", s
         info = fresh.info()

@@ -465,8 +465,14 @@ def _find_cgroup_bases() -> tuple[str, dict[str, str]] | None:
     return None
 
 
-def _sweep_stale(base: str) -> None:
+def sweep_stale_cgroups() -> None:
     """Remove the cgroups of sandboxes whose process is gone (killed before it could close them)."""
+    found = _cgroup_bases()
+    for base in (found[1].values() if found else ()):
+        _sweep_stale(base)
+
+
+def _sweep_stale(base: str) -> None:
     for name in os.listdir(base):
         parts = name.split("-")
         if len(parts) >= 2 and parts[0] == "sbx" and parts[1].isdigit() and not Path(f"/proc/{parts[1]}").exists():
@@ -487,7 +493,8 @@ MS_NOATIME, MS_NODIRATIME, MS_PRIVATE, MS_RELATIME, MS_STRICTATIME = 1024, 2048,
 SYS_PIVOT_ROOT = {"x86_64": 155, "amd64": 155, "aarch64": 41, "arm64": 41}
 
 
-def _mount(libc: ctypes.CDLL, src: str | None, dst: str, fstype: str | None, flags: int, data: str | None = None) -> None:
+def _mount(libc: ctypes.CDLL, src: str | None, dst: str, fstype: str | None, flags: int,
+           data: str | None = None) -> None:
     enc = (lambda s: s.encode() if s is not None else None)
     _check(libc.mount(enc(src), enc(dst), enc(fstype), ctypes.c_ulong(flags), enc(data)), f"mount {src} on {dst}")
 
@@ -512,7 +519,8 @@ def _bind_ro(libc: ctypes.CDLL, src: str, dst: str) -> None:
     for line in Path("/proc/self/mountinfo").read_text().splitlines():   # the bind and its submounts
         point = os.fsdecode(re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m[1], 8)]), os.fsencode(line.split()[4])))
         if point == dst or point.startswith(dst.rstrip("/") + "/"):
-            _mount(libc, None, point, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | _locked_flags(point))
+            flags = MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | _locked_flags(point)
+            _mount(libc, None, point, None, flags)
 
 
 def _build_root(libc: ctypes.CDLL, spec: dict[str, Any]) -> None:

@@ -202,6 +202,9 @@ class Sandbox:
         cwd = self._explicit_cwd if self.isolated else self.cwd
         spec = isolation.layout(self.home, binds, cwd)
         cgroup = isolation.Cgroup.create(self._name, f"w{index}", self.memory_mb, isolation.PIDS_MAX)
+        if cgroup is None and os.getuid() == 0 and index == 1:
+            log.warning("reward sandbox: no writable cgroup, and RLIMIT_NPROC does not bind root: the number of "
+                        "processes a reward starts is not capped (memory only per process)")
         w = self._spawner.submit(_Worker, index, isolation.command(self.isolation, spec, argv), binds,
                                  os.path.join(self.home, f"worker-{index}.log"), self._env, self.home, cgroup,
                                  self.isolated, self.memory_mb).result()
@@ -265,8 +268,10 @@ class Sandbox:
             raise
         self._give(w)
         visible = [dst for _, dst in isolation.layout(self.home, w.binds)["ro"]] if self.isolated else ["everything"]
+        # RLIMIT_NPROC never binds uid 0: as root only the pids cgroup caps processes
+        max_procs = isolation.PIDS_MAX if w.cgroup else info.get("max_procs")
         return {"isolation": self.isolation, **info, "cgroup": w.cgroup.kind if w.cgroup else None,
-                "visible": visible}
+                "max_procs": max_procs, "visible": visible}
 
     def warm(self, target: dict[str, Any] | None = None) -> None:
         """Start every worker now (instead of on the first call), for `target` if given."""

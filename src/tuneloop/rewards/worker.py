@@ -1,4 +1,4 @@
-"""python -m tuneloop.rewards.worker --memory-mb 2048 --isolation bwrap   (started by `tuneloop.rewards.sandbox.Sandbox`)
+"""python -m tuneloop.rewards.worker --memory-mb 2048 --isolation bwrap   (started by `sandbox.Sandbox`)
 
 A sandbox worker: loads user reward code and calls it, one process apart from the trainer. It
 speaks length-prefixed JSON on stdin and on a private copy of stdout (so what user code prints
@@ -333,7 +333,7 @@ def lock_down(mode: str, memory_mb: int, max_procs: int) -> dict[str, Any]:
         print(f"tuneloop sandbox worker: no seccomp filter ({e})", file=sys.stderr, flush=True)
         seccomp = False
     _OWN_PID_NAMESPACE = isolated and os.getpid() == 2
-    return {"isolation": mode, "network": network, "seccomp": seccomp, "max_procs": nproc}
+    return {"isolation": mode, "network": network, "seccomp": seccomp, "max_procs": nproc if os.getuid() else None}
 
 
 def serve(memory_mb: int, mode: str = "unsafe", max_procs: int = isolation.PIDS_MAX) -> None:
