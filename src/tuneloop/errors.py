@@ -1,7 +1,8 @@
 """Typed errors that carry their fix.
 
 Raised deep in the library, rendered once at the edge: the CLI prints `❌ message`, the
-details and the hint, then exits with `exit_code`; an API maps `http_status`.
+details and the hint, then exits with `exit_code`; the server maps `http_status` and `code` to an
+OpenAI error body in one function (`serving/protocol.error_response`).
 """
 
 from __future__ import annotations
@@ -62,3 +63,54 @@ class JobFailedError(TuneloopError):
 
 class ConfigError(TuneloopError):
     """The environment (database, home folder) is not usable as configured."""
+
+
+# ---- serving: what a server (or a client of one) refuses ----------------------------------------
+class AdapterError(ValidationError):
+    """An adapter or model folder that cannot be deployed (missing files, pickle weights, shapes)."""
+
+    code = "invalid_adapter"
+
+
+class ModelNotFoundError(NotFoundError):
+    """The `model` of a request names nothing this server serves."""
+
+    code = "model_not_found"
+
+    def __init__(self, model: str, available: list[str]):
+        super().__init__(f"The model `{model}` does not exist.", param="model",
+                         hint="Served models: " + (", ".join(available) or "none") + ".")
+
+
+class AuthenticationError(TuneloopError):
+    http_status = 401
+    code = "invalid_api_key"
+
+
+class ConflictError(TuneloopError):
+    """A name already in use (an adapter loaded twice, a second server for one project)."""
+
+    http_status = 409
+    code = "conflict"
+
+
+class ServerError(TuneloopError):
+    """The engine failed while answering, or a server could not be reached."""
+
+    exit_code = 1
+    http_status = 500
+    code = "server_error"
+
+
+class RequestTooLargeError(ValidationError):
+    """A request body over the server's --max-request-bytes (answered before it is read)."""
+
+    http_status = 413
+    code = "request_too_large"
+
+
+class WeightsLocationError(ValidationError):
+    """lora_path / model_path names a folder outside the server's model roots, or a URL the
+    server does not fetch."""
+
+    code = "weights_location_not_allowed"

@@ -12,7 +12,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from tuneloop.serving.adapters import check_adapter, check_full_model, localize, same_base
-from tuneloop.serving.errors import AdapterError
+from tuneloop.errors import AdapterError
 
 HIDDEN, INTER, LAYERS = 128, 384, 2
 LINEARS = {"self_attn.q_proj": (128, 128), "self_attn.k_proj": (64, 128), "self_attn.v_proj": (64, 128),

@@ -11,9 +11,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from tuneloop.errors import ModelNotFoundError  # noqa: E402
 from tuneloop.models.builtin import ensure_builtin  # noqa: E402
 from tuneloop.serving.engine import BaseModel, SamplingParams  # noqa: E402
-from tuneloop.serving.errors import ModelNotFoundError  # noqa: E402
 
 PROMPTS = ["What is the capital of France?", "Hi", "Tell me a long story about dragons and castles", "2+2?"]
 

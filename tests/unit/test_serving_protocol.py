@@ -7,10 +7,9 @@ import json
 
 import pytest
 
-from tuneloop.errors import ValidationError
+from tuneloop.errors import ModelNotFoundError, ValidationError
 from tuneloop.serving import protocol as P
 from tuneloop.serving.engine import GeneratingEngine, SamplingParams, Ticket, choose_engine
-from tuneloop.serving.errors import ModelNotFoundError
 from tuneloop.serving.text import find_stop, visible_text
 from tuneloop.serving.vllm_engine import BaseModel, VLLMEngine, rank_bucket, vllm_command, vllm_env
 

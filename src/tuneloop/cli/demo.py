@@ -205,7 +205,7 @@ def _serve_stage(console: Console, svc, prompts: list[str], refs: list[str]) -> 
             except httpx.HTTPError:
                 pass
             if server.poll() is not None or time.monotonic() > deadline:
-                from tuneloop.serving.errors import ServerError
+                from tuneloop.errors import ServerError
 
                 raise ServerError(f"tuneloop serve did not start; see {log_path}")
             time.sleep(0.5)

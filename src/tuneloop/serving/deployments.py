@@ -19,10 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from tuneloop.processes import pid_alive
-from tuneloop.errors import NotFoundError, ValidationError
+from tuneloop.errors import AuthenticationError, ConflictError, NotFoundError, ServerError, ValidationError
 from tuneloop.registry import resolve_from_tune
 from tuneloop.serving.adapters import AdapterInfo, check_adapter, check_full_model, localize
-from tuneloop.serving.errors import AuthenticationError, ConflictError, ServerError
 from tuneloop.serving.weights import allow
 from tuneloop.settings import Settings
 from tuneloop.store import Store

@@ -16,10 +16,9 @@ from typing import Any
 
 import torch
 
-from tuneloop.errors import ValidationError
+from tuneloop.errors import ModelNotFoundError, ValidationError
 from tuneloop.serving.batching import ModelSlot, Request, Scheduler
 from tuneloop.serving.engine import BASE_ADAPTER, BaseModel, GeneratingEngine, SamplingParams, Sink, Ticket
-from tuneloop.serving.errors import ModelNotFoundError
 from tuneloop.serving.lora import LoraSet
 
 log = logging.getLogger(__name__)

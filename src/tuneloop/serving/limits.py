@@ -16,8 +16,7 @@ from dataclasses import dataclass
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from tuneloop.errors import ValidationError
-from tuneloop.serving.errors import RequestTooLargeError
+from tuneloop.errors import RequestTooLargeError, ValidationError
 from tuneloop.serving.protocol import error_response
 
 MIB = 1024 * 1024

@@ -30,11 +30,10 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from tuneloop.errors import TuneloopError, ValidationError
+from tuneloop.errors import AuthenticationError, ConflictError, ModelNotFoundError, TuneloopError, ValidationError
 from tuneloop.serving.adapters import check_adapter, check_full_model, localize
 from tuneloop.serving.deployments import DeploymentService, Source
 from tuneloop.serving.engine import BaseModel, GeneratingEngine
-from tuneloop.serving.errors import AuthenticationError, ConflictError
 from tuneloop.serving.limits import BodyLimit, Limits, check_prompt_chars
 from tuneloop.serving.weights import WeightPolicy
 from tuneloop.serving import protocol as P
@@ -138,8 +137,6 @@ def create_app(engine: GeneratingEngine, *, deployments: DeploymentService | Non
         for m in engine.models():
             if m["id"] == model_id:
                 return P.model_card(m, created)
-        from tuneloop.serving.errors import ModelNotFoundError
-
         raise ModelNotFoundError(model_id, [m["id"] for m in engine.models()])
 
     @app.post("/v1/chat/completions", dependencies=guarded)

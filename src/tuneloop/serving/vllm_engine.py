@@ -20,9 +20,8 @@ import subprocess
 import time
 from typing import Any, Callable
 
-from tuneloop.errors import ValidationError
+from tuneloop.errors import ServerError, ValidationError
 from tuneloop.serving.engine import BaseModel, Engine
-from tuneloop.serving.errors import ServerError
 
 LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)   # the values vLLM's --max-lora-rank accepts
 

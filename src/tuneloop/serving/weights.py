@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from tuneloop.serving.errors import WeightsLocationError
+from tuneloop.errors import WeightsLocationError
 from tuneloop.settings import Settings
 
 ROOTS_ENV = "TUNELOOP_MODEL_ROOTS"
