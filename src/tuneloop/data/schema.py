@@ -25,3 +25,9 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "rejected": ("non_preferred", "non_preferred_output", "bad", "negative", "dispreferred"),
     "reward_model": ("reward", "reward_fn", "grader"),
 }
+
+# Where a row's reference answer lives, first match wins: graders compare against it
+# (`builtin:exact_match`), reward prompts show it as {{ ground_truth }}, `evaluators verify` uses it
+# as a test completion, and the planner bounds an RL job's completion length by it.
+REFERENCE_COLUMNS: tuple[str, ...] = ("ground_truth", "answer", "reference", "reference_answer", "solution", "label",
+                                      "target", "expected", "expected_output", "output", "completion")

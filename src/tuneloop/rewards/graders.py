@@ -35,10 +35,9 @@ import re
 from collections import Counter
 from typing import Any, Callable
 
+from tuneloop.data.schema import REFERENCE_COLUMNS
 from tuneloop.rewards.base import RewardFunction, Sample, Score, coerce
 
-REFERENCE_COLUMNS = ("ground_truth", "answer", "reference", "reference_answer", "solution", "label", "target",
-                     "expected", "expected_output", "output", "completion")
 
 
 class GraderConfigError(ValueError):

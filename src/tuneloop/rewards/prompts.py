@@ -2,8 +2,8 @@
 
 Variables: `{{ prompt }}` (the prompt as text: one user message's content, else `role: content`
 lines), `{{ completion }}` (alias `{{ model_output }}`), `{{ ground_truth }}` (the row's
-ground_truth / answer / reference column, or empty), `{{ messages }}` (the prompt messages), and
-every column of the row by name. An unknown name is an error, so `tuneloop evaluators verify`
+first non-empty reference column of `data.schema.REFERENCE_COLUMNS`, or empty), `{{ messages }}` (the
+prompt messages), and every column of the row by name. An unknown name is an error, so `tuneloop evaluators verify`
 catches typos before a job runs.
 
 The judge's answer is read as a score on the prompt's scale: 0-10 by default, another one
@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tuneloop.data.schema import REFERENCE_COLUMNS
 from tuneloop.rewards.base import Sample
 
 _ANSWER_FORMAT = ("Reply with the score only, in the form \"Score: N\" where N is an integer from 0 to 10.")
@@ -53,7 +54,6 @@ BUILTIN_PROMPTS: dict[str, str] = {
 }
 PROMPT_SUFFIXES = (".txt", ".j2", ".jinja", ".jinja2", ".md", ".prompt")
 _SCALE = re.compile(r"\{#\s*scale\s*:\s*(-?[\d.]+)\s*(?:-|to|\.\.)\s*(-?[\d.]+)\s*#\}", re.I)
-GROUND_TRUTH_COLUMNS = ("ground_truth", "answer", "reference", "reference_answer", "solution", "label", "expected")
 
 
 class PromptError(ValueError):
@@ -130,7 +130,7 @@ def prompt_text(messages: list[dict[str, str]]) -> str:
 
 
 def variables(s: Sample) -> dict[str, Any]:
-    gt = next((s.row[c] for c in GROUND_TRUTH_COLUMNS if s.row.get(c) not in (None, "")), "")
+    gt = next((s.row[c] for c in REFERENCE_COLUMNS if s.row.get(c) not in (None, "")), "")
     return {**s.row, "prompt": prompt_text(s.prompt), "messages": s.prompt, "completion": s.completion,
             "model_output": s.completion, "ground_truth": gt}
 

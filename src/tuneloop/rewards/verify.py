@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tuneloop.data.schema import REFERENCE_COLUMNS
 from tuneloop.data.staged import iter_rows
 from tuneloop.rewards.base import Sample, Score
 from tuneloop.rewards.functions import RewardContext, _Failing
-from tuneloop.rewards.graders import REFERENCE_COLUMNS
 
 PLACEHOLDER = "I don't know."
 
