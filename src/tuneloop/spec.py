@@ -8,6 +8,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from tuneloop.catalog import RL_TECHNIQUES
 from tuneloop.errors import ValidationError
 
 
@@ -57,21 +58,21 @@ HYPERPARAMETERS: dict[str, Hyperparameter] = {
     "seed": Hyperparameter(int, 0, 2**31 - 1, help="random seed"),
     # RL (rlvr, rlaif): GRPO on TRL
     "max_prompt_length": Hyperparameter(int, 8, 1_048_576, help="prompt tokens kept (left-truncated)",
-                                        techniques=("rlvr", "rlaif")),
+                                        techniques=RL_TECHNIQUES),
     "max_response_length": Hyperparameter(int, 1, 1_048_576, help="tokens generated per completion",
-                                          techniques=("rlvr", "rlaif")),
+                                          techniques=RL_TECHNIQUES),
     "num_generations": Hyperparameter(int, 2, 1024, help="completions sampled per prompt (GRPO group size)",
-                                      techniques=("rlvr", "rlaif")),
+                                      techniques=RL_TECHNIQUES),
     "temperature": Hyperparameter(float, 0.01, 10.0, help="sampling temperature, e.g. 1.0",
-                                  techniques=("rlvr", "rlaif")),
+                                  techniques=RL_TECHNIQUES),
     "kl_loss_coef": Hyperparameter(float, 0.0, 100.0, help="KL penalty to the starting model, e.g. 0.001",
-                                   techniques=("rlvr", "rlaif")),
+                                   techniques=RL_TECHNIQUES),
     "clip_ratio": Hyperparameter(float, 0.0, 10.0, help="PPO-style ratio clipping epsilon, e.g. 0.2",
-                                 techniques=("rlvr", "rlaif")),
+                                 techniques=RL_TECHNIQUES),
     "reward_failure_threshold": Hyperparameter(float, 0.0, 1.0, help="share of a step's rewards that may fail "
-                                               "before the job stops, e.g. 0.2", techniques=("rlvr", "rlaif")),
+                                               "before the job stops, e.g. 0.2", techniques=RL_TECHNIQUES),
     "reward_timeout": Hyperparameter(float, 0.1, 3600.0, help="seconds one reward call may take, e.g. 10",
-                                     techniques=("rlvr", "rlaif")),
+                                     techniques=RL_TECHNIQUES),
 }
 
 

@@ -2,6 +2,7 @@
 
 from tuneloop.catalog.catalog import (
     CATALOG_ENV,
+    RL_TECHNIQUES,
     STALE_AFTER_DAYS,
     TECHNIQUES,
     TRAINING_TYPES,
@@ -16,6 +17,7 @@ from tuneloop.catalog.catalog import (
 
 __all__ = [
     "CATALOG_ENV",
+    "RL_TECHNIQUES",
     "STALE_AFTER_DAYS",
     "TECHNIQUES",
     "TRAINING_TYPES",

@@ -23,6 +23,7 @@ from typing import Any
 from tuneloop.errors import CatalogError
 
 TECHNIQUES = ("sft", "dpo", "rlvr", "rlaif")
+RL_TECHNIQUES = ("rlvr", "rlaif")   # GRPO with a reward: verifiable (rlvr) or an AI judge (rlaif)
 TRAINING_TYPES = ("lora", "full-rank")
 SCHEMA_TYPES = ("string", "array")
 STALE_AFTER_DAYS = 90

@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from tuneloop.catalog import RL_TECHNIQUES
 from tuneloop.errors import JobFailedError
 
 POLL_S = 0.5
@@ -54,7 +55,7 @@ def _progress_metrics(job: dict[str, Any]) -> str:
     if job["technique"] == "eval":
         return "evaluating"
     live = job.get("metrics") or {}
-    if job["technique"] in ("rlvr", "rlaif") and "reward" in live:
+    if job["technique"] in RL_TECHNIQUES and "reward" in live:
         text = f"reward {live['reward']:.3f}±{live.get('reward_std', 0.0):.3f}"
         if "kl" in live:
             text += f" kl {live['kl']:.3g}"

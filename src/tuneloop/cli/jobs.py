@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
+from tuneloop.catalog import TECHNIQUES
 from tuneloop.cli.common import console, duration, handle_errors, print_json, public_job, service, store
 
 
@@ -30,7 +31,7 @@ def tune_status(project: Optional[str], as_json: bool) -> None:
 
     project = resolve_project(project)
     db = store()
-    latest = [j for t in ("sft", "dpo", "rlvr", "rlaif") if (j := db.latest_job(project, t))]
+    latest = [j for t in TECHNIQUES if (j := db.latest_job(project, t))]
     if as_json:
         return print_json([public_job(j) for j in latest])
     if not latest:

@@ -4,10 +4,17 @@ Token lengths use the `tokenizers` library on the model folder's tokenizer.json 
 transformers) and, when tokenizer_config.json has a chat template, render each row through it
 with jinja2 the way training does (prompt + completion as a user and an assistant turn, chat
 messages as they are, DPO's longer candidate), so "longer than --max-seq-length" means what the
-trainer will see.
+trainer will see (`tuneloop datasets stage`, `datasets show`).
+
+The planner's `token_stats` is a faster estimate for sizing a job (batch layout, max length, RL
+completion length): texts joined without the template plus a fixed overhead for its markers. The
+two are kept apart on purpose: changing the planner's numbers would change every plan. Training
+and evaluation measure with the loaded transformers tokenizer instead (cutting RL prompts to
+max_prompt_length, sizing greedy answers), where the exact ids are what matter.
 
     stats = token_lengths(Path("staged.jsonl"), "sft", Path("~/.tuneloop/models/tuneloop--tiny-qwen3"), 512)
     stats["over_max"], stats["p90"]
+    token_stats(Path("staged.jsonl"), "sft", folder).max_tokens
 """
 
 from __future__ import annotations
@@ -18,7 +25,10 @@ from array import array
 from pathlib import Path
 from typing import Any, Callable
 
+from tuneloop.catalog import RL_TECHNIQUES
+from tuneloop.data.schema import REFERENCE_COLUMNS
 from tuneloop.data.staged import iter_rows
+from tuneloop.training.plan import DataStats
 
 BATCH = 1024
 
@@ -27,7 +37,7 @@ def _conversations(row: dict[str, Any], technique: str) -> list[tuple[list[dict[
     """(messages, add_generation_prompt) renderings whose longest is the row's training length."""
     if "messages" in row:
         return [(row["messages"], False)]
-    if technique in ("rlvr", "rlaif"):
+    if technique in RL_TECHNIQUES:
         return [(row["prompt"], True)]
     user = {"role": "user", "content": row["prompt"]}
     if technique == "dpo":
@@ -137,3 +147,41 @@ def column_lengths(path: Path, columns: list[str]) -> dict[str, dict[str, Any]]:
             elif isinstance(v, str):
                 per[c].append(len(v))
     return {c: summarize(a, None) for c, a in per.items() if len(a)}
+
+
+def token_stats(path: Path, technique: str, model_folder: Path | None) -> DataStats:
+    """The planner's view of a staged file: rows, mean and longest token length, and (RL) the
+    longest reference answer, with the model's tokenizer (tokenizers only, no torch); about 4
+    characters a token when the tokenizer is not on this machine. A fast estimate: the texts are
+    joined without the chat template and a fixed overhead stands for its markers, unlike
+    `token_lengths`, which renders every row the way the trainer will."""
+    tok = None
+    if model_folder is not None and (model_folder / "tokenizer.json").is_file():
+        from tokenizers import Tokenizer
+
+        tok = Tokenizer.from_file(str(model_folder / "tokenizer.json"))
+    texts: list[str] = []
+    references: list[str] = []       # RL: reference answers bound the planned completion length
+    for row in iter_rows(path):
+        if technique in RL_TECHNIQUES:
+            ref = next((row[c] for c in REFERENCE_COLUMNS
+                        if isinstance(row.get(c), (str, int, float)) and not isinstance(row.get(c), bool)), None)
+            if ref is not None:
+                references.append(str(ref))
+        if "messages" in row:  # a multi-turn conversation: all of it goes through the model
+            texts.append("\n".join(m["content"] for m in row["messages"]))
+            continue
+        prompt = row["prompt"] if isinstance(row["prompt"], str) else " ".join(m["content"] for m in row["prompt"])
+        if technique == "dpo":
+            texts.append(prompt + max(row["chosen"], row["rejected"], key=len))
+        else:
+            texts.append(prompt + row.get("completion", ""))
+    overhead = 12  # chat template markers around two turns
+    if tok is not None:
+        lengths = [len(e.ids) + overhead for e in tok.encode_batch(texts, add_special_tokens=False)]
+        ref_lengths = [len(e.ids) for e in tok.encode_batch(references, add_special_tokens=False)] if references else []
+    else:
+        lengths = [len(t) // 4 + overhead for t in texts]
+        ref_lengths = [len(t) // 4 + 1 for t in references]
+    return DataStats(rows=len(lengths), mean_tokens=sum(lengths) / max(1, len(lengths)), max_tokens=max(lengths),
+                     reference_tokens=max(ref_lengths) if ref_lengths and len(ref_lengths) == len(lengths) else None)

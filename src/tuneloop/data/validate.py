@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 from typing import Any
 
+from tuneloop.catalog import RL_TECHNIQUES
 from tuneloop.data.schema import ALIASES, SCHEMAS
 
 
@@ -41,7 +42,7 @@ def check_types(record: dict[str, Any], technique: str) -> dict[str, Any]:
                     f"column '{col}' must be a non-empty array of {{\"role\", \"content\"}} messages, "
                     f"got {_type_name(value)}", col)
         out[col] = value
-    if technique in ("rlvr", "rlaif"):  # reward functions read the other columns
+    if technique in RL_TECHNIQUES:  # reward functions read the other columns
         out.update({k: v for k, v in record.items() if k not in out})
     return out
 

@@ -20,7 +20,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from tuneloop.catalog import normalize_technique, normalize_training_type
+from tuneloop.catalog import RL_TECHNIQUES, TECHNIQUES, normalize_technique, normalize_training_type
+from tuneloop.data.lengths import token_stats
 from tuneloop.data.stage import StageResult, stage_dataset
 from tuneloop.errors import JobFailedError, NotFoundError, ValidationError
 from tuneloop.processes import pid_alive
@@ -28,7 +29,7 @@ from tuneloop.service.models import ResolvedModel, model_shape, resolve_model
 from tuneloop.settings import Settings, resolve_project
 from tuneloop.spec import JobSpec, check_hyperparameters
 from tuneloop.store.repo import ACTIVE_STATES, Store, age_seconds
-from tuneloop.training.plan import DataStats, Hardware, Plan, detect_hardware, make_plan
+from tuneloop.training.plan import Hardware, Plan, detect_hardware, make_plan
 
 STALE_AFTER_S = 60.0          # a running job whose heartbeat is older than this is dead
 QUEUED_GRACE_S = 30.0         # a queued job whose runner never claimed it within this is relaunched
@@ -122,7 +123,7 @@ class JobService:
         training_type = normalize_training_type(req.training_type)
         model = resolve_model(self._finished_output(req.model), technique, training_type)
         notes = [model.note] if model.note else []
-        rl = technique in ("rlvr", "rlaif")
+        rl = technique in RL_TECHNIQUES
         if rl:
             _check_reward_flags(technique, req)
         if model.entry is not None and model.entry.gated and not req.accept_eula:
@@ -188,7 +189,7 @@ class JobService:
         kwargs = dict(column_map=req.column_map, no_transform=req.no_transform, lookup=lookup,
                       reward_model=req.reward_function if technique == "rlvr" else
                       req.reward_prompt if technique == "rlaif" else None,
-                      reward_check=self.row_reward_policy(req) if technique in ("rlvr", "rlaif") else None)
+                      reward_check=self.row_reward_policy(req) if technique in RL_TECHNIQUES else None)
         staged = stage_dataset(req.dataset, technique, staging / "train.jsonl", take=req.take, **kwargs)
         validation = None
         if req.validation_dataset:
@@ -480,7 +481,7 @@ class JobService:
     def resolve_job(self, ref: str | None, project: str | None) -> dict[str, Any]:
         """A job name, a technique (its latest job in the project), or the project's last job."""
         project = resolve_project(project)
-        if ref and ref.lower() in ("sft", "dpo", "rlvr", "rlaif"):
+        if ref and ref.lower() in TECHNIQUES:
             job = self.store.latest_job(project, ref.lower())
         elif ref:
             return self.get(ref)
@@ -523,43 +524,6 @@ def _dataset_record(prep: Prepared) -> dict[str, Any]:
         out.update(validation_sha256=prep.validation.sha256, validation_rows=prep.validation.rows,
                    validation_dataset_version=prep.validation.dataset_version)
     return {k: v for k, v in out.items() if v is not None}
-
-
-def token_stats(path: Path, technique: str, model_folder: Path | None) -> DataStats:
-    """Token lengths of staged rows with the model's tokenizer (tokenizers only, no torch);
-    about 4 characters a token when the tokenizer is not on this machine."""
-    tok = None
-    if model_folder is not None and (model_folder / "tokenizer.json").is_file():
-        from tokenizers import Tokenizer
-
-        tok = Tokenizer.from_file(str(model_folder / "tokenizer.json"))
-    texts: list[str] = []
-    references: list[str] = []       # RL: reference answers bound the planned completion length
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            row = json.loads(line)
-            if technique in ("rlvr", "rlaif"):
-                ref = next((row[c] for c in ("ground_truth", "answer", "reference", "solution", "expected")
-                            if isinstance(row.get(c), (str, int, float)) and not isinstance(row.get(c), bool)), None)
-                if ref is not None:
-                    references.append(str(ref))
-            if "messages" in row:  # a multi-turn conversation: all of it goes through the model
-                texts.append("\n".join(m["content"] for m in row["messages"]))
-                continue
-            prompt = row["prompt"] if isinstance(row["prompt"], str) else " ".join(m["content"] for m in row["prompt"])
-            if technique == "dpo":
-                texts.append(prompt + max(row["chosen"], row["rejected"], key=len))
-            else:
-                texts.append(prompt + row.get("completion", ""))
-    overhead = 12  # chat template markers around two turns
-    if tok is not None:
-        lengths = [len(e.ids) + overhead for e in tok.encode_batch(texts, add_special_tokens=False)]
-        ref_lengths = [len(e.ids) for e in tok.encode_batch(references, add_special_tokens=False)] if references else []
-    else:
-        lengths = [len(t) // 4 + overhead for t in texts]
-        ref_lengths = [len(t) // 4 + 1 for t in references]
-    return DataStats(rows=len(lengths), mean_tokens=sum(lengths) / max(1, len(lengths)), max_tokens=max(lengths),
-                     reference_tokens=max(ref_lengths) if ref_lengths and len(ref_lengths) == len(lengths) else None)
 
 
 def _hub_cache_folder(repo_id: str) -> Path | None:

@@ -19,6 +19,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from tuneloop.catalog import RL_TECHNIQUES
 from tuneloop.errors import ValidationError
 
 
@@ -226,7 +227,6 @@ def make_plan(*, technique: str, training_type: str, shape: ModelShape, data: Da
 
 
 # ---- RL (GRPO) ---------------------------------------------------------------------------------------
-RL_TECHNIQUES = ("rlvr", "rlaif")
 RL_DEFAULTS = {"num_generations": 8, "max_prompt_length": 1024, "max_response_length": 1024, "temperature": 1.0,
                "kl_loss_coef": 0.001, "clip_ratio": 0.2, "reward_failure_threshold": 0.2, "reward_timeout": 10.0}
 
