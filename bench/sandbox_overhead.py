@@ -119,7 +119,8 @@ def main() -> None:
           f"(tiny-qwen3, {planned_batch} completions): median {step_s * 1000:.0f} ms -> {share:.1%} of step time")
     print(f"  worker start-up (once per job, {box.size} workers, first load): {startup * 1000:.0f} ms")
     print(json.dumps({"isolation": isolation, "median_s": med, "overhead_per_step_s": overhead_per_step,
-                      "step_s": step_s, "share_of_step": share, "startup_s": startup, "load_average": os.getloadavg()[0]}, indent=2))
+                      "step_s": step_s, "share_of_step": share, "startup_s": startup,
+                      "load_average": os.getloadavg()[0]}, indent=2))
 
 
 if __name__ == "__main__":

@@ -243,10 +243,18 @@ def test_what_a_worker_sees(tmp_path, monkeypatch):
     assert isolation.file_binds(str(tmp_path / "r.py")) == (str(tmp_path / "r.py"),)   # its folder holds TUNELOOP_HOME
     assert isolation.file_binds(os.path.expanduser("~/r.py")) == (os.path.realpath(os.path.expanduser("~/r.py")),)
     assert isolation.file_binds(str(tmp_path / "home" / "r.py")) == (str(tmp_path / "home" / "r.py"),)
+    assert isolation.file_binds("/etc/r.py") == ("/etc/r.py",) and isolation.module_binds("etc", ["/"]) == ((), [])
     spec = isolation.layout(str(tmp_path / "box"), (str(tmp_path / "src"),))
     seen = [dst for _, dst in spec["ro"]]
     assert str(tmp_path / "src") in seen and isolation.PACKAGE_ROOT in seen and "/etc/passwd" in seen
     assert not any(p in seen for p in ("/", "/etc", "/root", os.path.expanduser("~"), str(tmp_path)))
+
+
+def test_a_symlinked_reward_file_runs_from_its_real_folder(box, code, tmp_path):
+    (tmp_path / "link.py").symlink_to(code)
+    target = {"kind": "file", "path": str(tmp_path / "link.py"), "function": "good"}
+    [s] = box.call(target, [Sample("1", P, "4", {"answer": "4"})])
+    assert s.value == 1.0, s
 
 
 def test_samples_run_concurrently_across_workers(box, code):

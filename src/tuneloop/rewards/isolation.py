@@ -98,11 +98,17 @@ def visible(path: str, extra: tuple[str, ...] = ()) -> bool:
     return any(path == p or path.startswith(p.rstrip("/") + "/") for p in [*system_paths(), *extra])
 
 
+def _too_wide(path: str) -> bool:
+    """A reward's folder never exposed whole: the _forbidden ones and any top-level folder (/etc, /srv, ...)."""
+    return _forbidden(path) or os.path.dirname(path) == "/"
+
+
 def file_binds(path: str) -> tuple[str, ...]:
-    """A reward file's own folder (only the file when that folder is the home folder, / or similar)."""
+    """A reward file's own folder (only the file when that folder is the home folder, /tmp, a top-level
+    folder or holds TUNELOOP_HOME)."""
     path = os.path.realpath(path)
     folder = os.path.dirname(path)
-    return (path,) if _forbidden(folder) else (folder,)
+    return (path,) if _too_wide(folder) else (folder,)
 
 
 def locate_module(module: str, search: list[str]) -> str | None:
@@ -116,14 +122,14 @@ def locate_module(module: str, search: list[str]) -> str | None:
             if os.path.isfile(cand):
                 return cand
         if namespace is None and os.path.isdir(base):
-            namespace = base                                        # a namespace package, unless a later entry has more
+            namespace = base                         # a namespace package, unless a later entry has more
     return namespace
 
 
 def module_binds(module: str, search: list[str]) -> tuple[tuple[str, ...], list[str]]:
     """(what to expose, the folder to put on sys.path) for a `module:function` reward."""
     found = locate_module(module, search)
-    if found is None:
+    if found is None or _too_wide(os.path.realpath(found)):
         return (), []
     parent = os.path.dirname(os.path.realpath(found))
     return (() if visible(found) else (os.path.realpath(found),)), [parent]
@@ -139,7 +145,7 @@ def layout(home: str, extra: tuple[str, ...] = (), cwd: str | None = None) -> di
                  "hosts": "127.0.0.1 localhost sandbox\n::1 localhost\n"}
     for name, text in generated.items():
         Path(etc, name).write_text(text)
-    cwd = os.path.realpath(cwd) if cwd and not _forbidden(os.path.realpath(cwd)) else None
+    cwd = os.path.realpath(cwd) if cwd and not _too_wide(os.path.realpath(cwd)) else None
     ro = [[p, p] for p in _minimal([*system_paths(), *extra, *([cwd] if cwd else [])])]
     ro += [[os.path.realpath(f), f] for f in ETC_FILES if os.path.isfile(f)]
     ro += [[os.path.join(etc, n), f"/etc/{n}"] for n in generated]

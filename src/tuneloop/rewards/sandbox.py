@@ -301,8 +301,10 @@ class Sandbox:
             self._conventions[key] = res["convention"]
         return self._conventions[key]
 
-    @staticmethod
-    def _sent(target: dict[str, Any], paths: list[str]) -> dict[str, Any]:
+    def _sent(self, target: dict[str, Any], paths: list[str]) -> dict[str, Any]:
+        """The target as the worker gets it: a file by its real path (what it sees), a module with its folder."""
+        if self.isolated and target["kind"] == "file":
+            return {**target, "path": os.path.realpath(target["path"])}
         return {**target, "paths": [*target.get("paths", []), *paths]} if paths else target
 
     def call(self, target: dict[str, Any], samples: list[Sample], timeout_s: float | None = None) -> list[Score]:
