@@ -205,9 +205,14 @@ class Sandbox:
         if cgroup is None and os.getuid() == 0 and index == 1:
             log.warning("reward sandbox: no writable cgroup, and RLIMIT_NPROC does not bind root: the number of "
                         "processes a reward starts is not capped (memory only per process)")
-        w = self._spawner.submit(_Worker, index, isolation.command(self.isolation, spec, argv), binds,
-                                 os.path.join(self.home, f"worker-{index}.log"), self._env, self.home, cgroup,
-                                 self.isolated, self.memory_mb).result()
+        try:
+            w = self._spawner.submit(_Worker, index, isolation.command(self.isolation, spec, argv), binds,
+                                     os.path.join(self.home, f"worker-{index}.log"), self._env, self.home, cgroup,
+                                     self.isolated, self.memory_mb).result()
+        except BaseException:
+            if cgroup:
+                cgroup.remove()
+            raise
         with self._lock:
             self._all.append(w)
         return w
