@@ -57,7 +57,7 @@ def grpo_step_seconds(steps: int, work: Path) -> float:
     from tuneloop.models.builtin import ensure_builtin
     from tuneloop.rewards.engine import RewardEngine
     from tuneloop.rewards.functions import RewardContext
-    from tuneloop.service.jobs import token_stats
+    from tuneloop.data.lengths import token_stats
     from tuneloop.service.models import model_shape, resolve_model
     from tuneloop.training import rl
     from tuneloop.training.plan import detect_hardware, make_plan
