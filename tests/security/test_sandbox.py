@@ -434,7 +434,8 @@ def test_the_workers_die_with_the_trainer(host, mode):
     marker = str(host["root"] / f"trainer-{mode}-marker")
     trainer = subprocess.Popen([sys.executable, "-c", TRAINER, str(host["root"] / "rewards" / "attacks.py"), marker],
                                stdout=subprocess.PIPE, text=True,
-                               env={**os.environ, "TUNELOOP_SANDBOX_ISOLATION": mode})
+                               env={**os.environ, "TUNELOOP_SANDBOX_ISOLATION": mode,
+                                    "TMPDIR": str(host["root"])})   # the dead trainer's files stay in pytest's tmp
     try:
         assert trainer.stdout.readline().strip() == "1.0"
         deadline = time.monotonic() + 2.0
