@@ -47,12 +47,14 @@ def run_one(kind: str, model: str, data: Path, prompts: int, completion: int, wo
     os.environ["HF_HUB_OFFLINE"] = "1"
     from tuneloop.models.builtin import ensure_builtin
     from tuneloop.service.jobs import token_stats
-    from tuneloop.service.models import model_shape, resolve_model
+    from tuneloop.models.resolve import resolve
+    from tuneloop.models.shape import model_shape
+    from tuneloop.service.models import model_defaults
     from tuneloop.training.plan import detect_hardware, make_plan
 
     model_dir = ensure_builtin(model, Path(os.environ.get("TUNELOOP_MODELS_DIR", Path.home() / ".tuneloop/models")))
-    resolved = resolve_model(model, "rlvr", "lora")
-    defaults = resolved.defaults("rlvr", "lora")
+    resolved = resolve(model, technique="rlvr", training_type="lora")
+    defaults = model_defaults(resolved, "rlvr", "lora")
     gens = 8
     completions = prompts * gens
     plan = make_plan(technique="rlvr", training_type="lora", shape=model_shape(model_dir, 0),

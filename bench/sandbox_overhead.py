@@ -58,17 +58,19 @@ def grpo_step_seconds(steps: int, work: Path) -> float:
     from tuneloop.rewards.engine import RewardEngine
     from tuneloop.rewards.functions import RewardContext
     from tuneloop.data.lengths import token_stats
-    from tuneloop.service.models import model_shape, resolve_model
+    from tuneloop.models.resolve import resolve
+    from tuneloop.models.shape import model_shape
+    from tuneloop.service.models import model_defaults
     from tuneloop.training import rl
     from tuneloop.training.plan import detect_hardware, make_plan
 
     model = "tuneloop/tiny-qwen3"
     data = REPO / "src/tuneloop/demo_data/rlvr.jsonl"
     model_dir = ensure_builtin(model, Path(os.environ.get("TUNELOOP_MODELS_DIR", Path.home() / ".tuneloop/models")))
-    resolved = resolve_model(model, "rlvr", "lora")
+    resolved = resolve(model, technique="rlvr", training_type="lora")
     plan = make_plan(technique="rlvr", training_type="lora", shape=model_shape(model_dir, 0),
                      data=token_stats(data, "rlvr", model_dir), hw=detect_hardware(),
-                     defaults=resolved.defaults("rlvr", "lora"), overrides={"max_steps": steps})
+                     defaults=model_defaults(resolved, "rlvr", "lora"), overrides={"max_steps": steps})
     trainer, _ = rl.build_trainer(model_dir=str(model_dir), data_path=data, work_dir=work, plan=plan, lora=True,
                                   target_modules=resolved.lora_targets, callbacks=[],
                                   engine=RewardEngine(RewardContext(), "builtin:exact_match"))

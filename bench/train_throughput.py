@@ -57,13 +57,15 @@ def run_one(kind: str, technique: str, data: Path, samples: int, work: Path) -> 
     os.environ["HF_HUB_OFFLINE"] = "1"
     from tuneloop.models.builtin import ensure_builtin
     from tuneloop.service.jobs import token_stats
-    from tuneloop.service.models import model_shape, resolve_model
+    from tuneloop.models.resolve import resolve
+    from tuneloop.models.shape import model_shape
+    from tuneloop.service.models import model_defaults
     from tuneloop.training import common
     from tuneloop.training.plan import detect_hardware, make_plan
 
     model_dir = ensure_builtin(MODEL, Path(os.environ.get("TUNELOOP_MODELS_DIR", Path.home() / ".tuneloop/models")))
-    resolved = resolve_model(MODEL, technique, "lora")
-    defaults = resolved.defaults(technique, "lora")
+    resolved = resolve(MODEL, technique=technique, training_type="lora")
+    defaults = model_defaults(resolved, technique, "lora")
     plan = make_plan(technique=technique, training_type="lora", shape=model_shape(model_dir, 0),
                      data=token_stats(data, technique, model_dir), hw=detect_hardware(), defaults=defaults,
                      overrides={"max_steps": samples // defaults["global_batch_size"]})

@@ -445,7 +445,7 @@ class _Evaluation:
         req = EvalRequest(model=self.model, dataset=self.dataset, compare_base=self.evaluate_base_model,
                           output=self.output, project=self.project, max_new_tokens=self.max_new_tokens,
                           samples=self.samples, **kwargs)
-        return EvaluationResult(evaluate(req))
+        return EvaluationResult(evaluate(req, lookups=_service().model_lookups()))
 
 
 class CustomScorerEvaluator(_Evaluation):
@@ -517,8 +517,8 @@ class BenchMarkEvaluator(_Evaluation):
                                   "network access (or pre-fill the datasets cache).", param="benchmark")
         import lm_eval
 
-        target = resolve_eval_model(self.model, self.project)
-        args = f"pretrained={target.base}" + (f",peft={target.adapter}" if target.adapter else "")
+        target = resolve_eval_model(self.model, self.project, _service().model_lookups())
+        args = f"pretrained={target.load_path()}" + (f",peft={target.adapter}" if target.adapter else "")
         raw = lm_eval.simple_evaluate(model="hf", model_args=args, tasks=[self.benchmark], limit=self.samples)
         out = Path(self.output) if self.output else (load_settings().home / "projects" / resolve_project(self.project)
                                                      / "evals" / time.strftime("bench-%Y%m%d-%H%M%S"))

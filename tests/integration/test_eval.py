@@ -81,9 +81,14 @@ def test_dpo_metrics_equal_hand_computed_values(home, tmp_path, models_dir, adap
     from tuneloop.evaluation.run import EvalRequest, evaluate
     from tuneloop.models.builtin import ensure_builtin
 
+    from tuneloop.service.models import store_lookups
+    from tuneloop.settings import load_settings
+    from tuneloop.store import open_store
+
     rows = DPO[:6]
+    lookups = store_lookups(open_store(load_settings().database_url))  # GROUP@vN is the store's to answer
     result = evaluate(EvalRequest(model="default-tune-models@v1", dataset=str(write_jsonl(tmp_path / "p.jsonl", rows)),
-                                  beta=0.5))  # the adapter's registered version
+                                  beta=0.5), lookups=lookups)  # the adapter's registered version
     assert result["technique"] == "dpo" and result["adapter"] == str(Path(adapter).resolve())
     base_dir = str(ensure_builtin("tuneloop/tiny-qwen3", models_dir))
     policy, tok = load_for_eval(base_dir, adapter)

@@ -376,23 +376,23 @@ def _folder(tmp_path: Path, *files: str, name: str = "model") -> Path:
 
 
 def test_model_folder_without_safetensors_is_refused(tmp_path):
-    from tuneloop.service.models import resolve_model
+    from tuneloop.models.resolve import resolve
 
     with pytest.raises(ValidationError) as e:
-        resolve_model(str(_folder(tmp_path, "pytorch_model.bin", "training_args.bin")), "sft", "lora")
+        resolve(str(_folder(tmp_path, "pytorch_model.bin", "training_args.bin")), technique="sft")
     assert "holds only pickled weights (pytorch_model.bin, training_args.bin)" in e.value.message
     assert "unpickling a file can run code" in e.value.message and "safe_serialization=True" in e.value.hint
     with pytest.raises(ValidationError, match="has no weights"):
-        resolve_model(str(_folder(tmp_path, name="empty")), "sft", "lora")
+        resolve(str(_folder(tmp_path, name="empty")), technique="sft")
     adapter = _folder(tmp_path, "adapter_model.bin", name="adapter my;dir")
     (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "tuneloop/tiny-qwen3"}))
     with pytest.raises(ValidationError) as e:
-        resolve_model(str(adapter), "rlvr", "lora")
+        resolve(str(adapter), technique="rlvr")
     assert "Adapter folder" in e.value.message and "adapter_model.safetensors only" in e.value.message
     assert shlex.split(e.value.hint.splitlines()[-1])[-1] == str(adapter)
     good = _folder(tmp_path, name="good")
     (good / "model.safetensors").write_bytes(b"")
-    assert resolve_model(str(good), "sft", "lora").source == "local"
+    assert resolve(str(good), technique="sft").kind == "local"
 
 
 def test_tune_dry_run_refuses_a_pickle_only_model_before_any_job(home, tmp_path):

@@ -37,18 +37,20 @@ def test_folders(adapter, tmp_path):
 
 
 def test_deployed_names_and_unknown_references(home, adapter):
+    from tuneloop.service.models import store_lookups
     from tuneloop.settings import load_settings
     from tuneloop.store import open_store
 
     store = open_store(load_settings().database_url)
+    lookups = store_lookups(store)
     store.upsert_deployed("default", "tuned-sft", {"kind": "adapter", "source": "--weights x", "path": str(adapter),
                                                     "base_model": "/models/base"})
-    assert resolve_eval_model("tuned-sft").adapter == str(adapter.resolve())
+    assert resolve_eval_model("tuned-sft", lookups=lookups).adapter == str(adapter.resolve())
     # GROUP@vN of a real job's registered output: tests/integration/test_eval.py
     with pytest.raises(ValidationError, match="No registered version 'my-models@v2'"):
-        resolve_eval_model("my-models@v2")
+        resolve_eval_model("my-models@v2", lookups=lookups)
     with pytest.raises(ValidationError, match="is not a folder, a job, a registered version"):
-        resolve_eval_model("no-such-thing")
+        resolve_eval_model("no-such-thing", lookups=lookups)
 
 
 def test_data_that_fits_no_format_gets_the_closest_formats_error(home, tmp_path):

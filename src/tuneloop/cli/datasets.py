@@ -42,22 +42,14 @@ def _lengths(staged, technique: str, model: str, max_seq_length: int | None) -> 
     """Token lengths with the model's tokenizer.json: built-ins are built locally, catalog models
     only when they are in the local Hugging Face cache."""
     from tuneloop.data.lengths import token_lengths
-    from tuneloop.service.models import resolve_model
+    from tuneloop.models.resolve import resolve
+    from tuneloop.service.models import model_defaults
     from tuneloop.settings import load_settings
 
-    resolved = resolve_model(model, technique if technique in ("sft", "dpo") else "sft", "lora")
-    if resolved.source == "builtin":
-        from tuneloop.models.builtin import ensure_builtin
-
-        folder = ensure_builtin(resolved.id, load_settings().models_dir)
-    elif resolved.source == "local":
-        folder = Path(resolved.id)
-    else:
-        from tuneloop.service.jobs import _hub_cache_folder
-
-        folder = _hub_cache_folder(resolved.entry.hf_id if resolved.entry and resolved.entry.hf_id else resolved.id)
-    max_len = max_seq_length or resolved.defaults(technique if technique in ("sft", "dpo") else "sft", "lora").get(
-        "dataset_max_len")
+    kind = technique if technique in ("sft", "dpo") else "sft"
+    resolved = resolve(model, technique=kind, training_type="lora", models_dir=load_settings().models_dir)
+    folder = resolved.local_folder()
+    max_len = max_seq_length or model_defaults(resolved, kind, "lora").get("dataset_max_len")
     if folder is None or not (folder / "tokenizer.json").is_file():
         return {"model": resolved.id, "available": False, "max_length": max_len,
                 "reason": f"the tokenizer of {resolved.id} is not on this machine (not in the local Hugging Face "

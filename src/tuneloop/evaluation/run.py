@@ -25,6 +25,7 @@ from typing import Any
 
 from tuneloop.data.staged import read_rows
 from tuneloop.errors import ValidationError
+from tuneloop.models.resolve import ModelLookups, ModelRef, resolve
 from tuneloop.rewards.base import Score
 
 TECHNIQUES = ("sft", "dpo", "rlvr")
@@ -46,69 +47,10 @@ class EvalRequest:
     column_map: str | None = None
 
 
-@dataclass
-class EvalModel:
-    name: str
-    base: str                 # a model folder or Hub id
-    adapter: str | None       # an adapter folder on top of base, or None
-
-
-def resolve_eval_model(ref: str, project: str | None = None) -> EvalModel:
-    """A folder, GROUP@vN, a deployed name, a job or technique, or a catalog / built-in id."""
-    folder = Path(ref).expanduser()
-    if folder.is_dir():
-        return _from_folder(folder, ref)
-    from tuneloop.settings import load_settings, resolve_project
-    from tuneloop.store import open_store
-
-    settings = load_settings()
-    store = open_store(settings.database_url)
-    if "@v" in ref:
-        group, _, version = ref.rpartition("@v")
-        rows = [p for p in store.list_packages(group=group) if str(p["version"]) == version]
-        if not rows:
-            raise ValidationError(f"No registered version {ref!r}.", hint="List them with: tuneloop registry list",
-                                  param="model")
-        return _from_folder(Path(rows[0]["output_path"]), ref)
-    deployed = next((d for d in store.list_deployed(resolve_project(project)) if d["name"] == ref), None)
-    if deployed is not None:  # a name served by `tuneloop serve` (adapter add / add-ic)
-        return _from_folder(Path(deployed["path"]), ref)
-    job = store.latest_job(resolve_project(project), ref.lower()) if ref.lower() in ("sft", "dpo", "rlvr", "rlaif") \
-        else store.get_job(ref)
-    if job is not None:
-        if job["state"] != "completed" or not job["output_path"]:
-            raise ValidationError(f"Job {job['id']} is {job['state']}; only a completed job's output can be evaluated.",
-                                  param="model")
-        return _from_folder(Path(job["output_path"]), job["id"])
-    from tuneloop.catalog import load_catalog
-
-    entry = load_catalog().get(ref)
-    if entry is None:
-        raise ValidationError(f"Model {ref!r} is not a folder, a job, a registered version (GROUP@vN), a deployed "
-                              "name or a catalog model.", hint="See: tuneloop status | tuneloop registry list | "
-                              "tuneloop adapter list | tuneloop models",
-                              param="model")
-    if entry.builtin:
-        from tuneloop.models.builtin import ensure_builtin
-
-        return EvalModel(entry.id, str(ensure_builtin(entry.id, settings.models_dir)), None)
-    return EvalModel(entry.id, entry.hf_id or entry.id, None)
-
-
-def _from_folder(folder: Path, name: str) -> EvalModel:
-    from tuneloop.models.weights import check_weights
-
-    if (folder / "adapter_config.json").is_file():
-        check_weights(folder, adapter=True)
-        base = json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path")
-        if base and Path(base).is_dir():
-            check_weights(Path(base))
-        return EvalModel(name, str(base), str(folder.resolve()))
-    if (folder / "config.json").is_file():
-        check_weights(folder)
-        return EvalModel(name, str(folder.resolve()), None)
-    raise ValidationError(f"{folder} is neither a model folder (config.json) nor an adapter (adapter_config.json).",
-                          param="model")
+def resolve_eval_model(ref: str, project: str | None = None, lookups: ModelLookups | None = None) -> ModelRef:
+    """The model to evaluate (tuneloop.models.resolve): a folder, a catalog / built-in id, and with
+    the service layer's `lookups` also GROUP@vN, a deployed name, a job or a technique."""
+    return resolve(ref, use="eval", project=project, lookups=lookups)
 
 
 def _stage(req: EvalRequest, work: Path) -> tuple[str, list[dict[str, Any]]]:
@@ -240,10 +182,10 @@ def _win_rate(judge, rows, model_answers, base_answers) -> dict[str, float]:
             "pairwise_judged": float(len(wins)), "pairwise_undecided": float(undecided)}
 
 
-def check_request(req: EvalRequest) -> tuple[str, int]:
+def check_request(req: EvalRequest, lookups: ModelLookups | None = None) -> tuple[str, int]:
     """Validate before any job exists: the model reference resolves and the data stages.
     Returns (technique, rows)."""
-    resolve_eval_model(req.model, req.project)
+    resolve_eval_model(req.model, req.project, lookups)
     with tempfile.TemporaryDirectory() as tmp:
         technique, rows = _stage(req, Path(tmp))
     if not rows:
@@ -259,7 +201,8 @@ def _check_evaluators(technique: str, req: EvalRequest, rows: list[dict[str, Any
                                    "Builtin.Correctness with --judge ...).", param="evaluator")
 
 
-def evaluate(req: EvalRequest, on_progress=None, base_dir: str | None = None) -> dict[str, Any]:
+def evaluate(req: EvalRequest, on_progress=None, base_dir: str | None = None,
+             lookups: ModelLookups | None = None) -> dict[str, Any]:
     from tuneloop.evaluation.quick import generate, load_for_eval
     from tuneloop.settings import load_settings, resolve_project
 
@@ -272,22 +215,23 @@ def evaluate(req: EvalRequest, on_progress=None, base_dir: str | None = None) ->
                               "output, which is replaced).", param="output")
     out = Path(req.output) if req.output else (load_settings().home / "projects" / resolve_project(req.project) /
                                                "evals" / (time.strftime("eval-%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]))
-    target = resolve_eval_model(req.model, req.project)
+    target = resolve_eval_model(req.model, req.project, lookups)
+    base_path = target.load_path()
     with tempfile.TemporaryDirectory() as tmp:
         technique, rows = _stage(req, Path(tmp))
     if not rows:
         raise ValidationError(f"{req.dataset} has no rows to evaluate.", param="dataset")
     _check_evaluators(technique, req, rows)
-    say(f"{len(rows)} {technique} rows; model {target.name}" + (f" (adapter on {target.base})" if target.adapter else ""))
-    model, tok = load_for_eval(target.base, target.adapter)
+    say(f"{len(rows)} {technique} rows; model {target.name}" + (f" (adapter on {base_path})" if target.adapter else ""))
+    model, tok = load_for_eval(base_path, target.adapter)
     say("model loaded")
     base = None
     if req.compare_base or (technique == "dpo" and target.adapter):
-        base, _ = load_for_eval(target.base) if target.adapter else (None, None)
+        base, _ = load_for_eval(base_path) if target.adapter else (None, None)
         if req.compare_base and base is None:
             say("--compare-base: the model is not an adapter, so it is its own base; no comparison")
     result: dict[str, Any] = {"model_ref": req.model, "model": {}, "base": None, "technique": technique,
-                              "dataset": req.dataset, "rows": len(rows), "base_model": target.base,
+                              "dataset": req.dataset, "rows": len(rows), "base_model": base_path,
                               "adapter": target.adapter, "evaluators": list(req.evaluators), "judge": req.judge}
     answers: dict[str, list[str]] = {}
     if technique == "sft":

@@ -213,28 +213,16 @@ class LocalJudge(Judge):
 
 
 def resolve_local_model(ref: str, models_dir=None) -> tuple[str, str | None]:
-    """(base model folder or Hub id, adapter folder or None) for a judge reference."""
-    from pathlib import Path
+    """(base model folder or Hub id, adapter folder or None) of a local judge (tuneloop.models.resolve);
+    a reference that names no model is a ValueError, the reward's configuration error."""
+    from tuneloop.errors import TuneloopError
+    from tuneloop.models.resolve import resolve
 
-    folder = Path(ref).expanduser()
-    if folder.is_dir():
-        if (folder / "adapter_config.json").is_file():
-            base = json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path")
-            return str(base), str(folder.resolve())
-        if (folder / "config.json").is_file():
-            return str(folder.resolve()), None
-        raise ValueError(f"judge folder {folder} has neither config.json nor adapter_config.json")
-    from tuneloop.catalog import load_catalog
-
-    entry = load_catalog().get(ref)
-    if entry is None:
-        raise ValueError(f"judge {ref!r} is not a catalog model, a built-in, a model folder or openai:MODEL@URL")
-    if entry.builtin:
-        from tuneloop.models.builtin import ensure_builtin
-        from tuneloop.settings import load_settings
-
-        return str(ensure_builtin(entry.id, models_dir or load_settings().models_dir)), None
-    return entry.hf_id or entry.id, None
+    try:
+        model = resolve(ref, use="judge", models_dir=models_dir)
+        return model.load_path(), model.adapter
+    except TuneloopError as e:
+        raise ValueError(e.message) from None
 
 
 def make_judge(ref: str, models_dir=None) -> Judge:

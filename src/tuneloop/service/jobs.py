@@ -25,7 +25,9 @@ from tuneloop.data.lengths import token_stats
 from tuneloop.data.stage import StageResult, stage_dataset
 from tuneloop.errors import JobFailedError, NotFoundError, ValidationError
 from tuneloop.processes import pid_alive
-from tuneloop.service.models import ResolvedModel, model_shape, resolve_model
+from tuneloop.models.resolve import ModelLookups, ModelRef, resolve
+from tuneloop.models.shape import model_shape
+from tuneloop.service.models import check_generic, model_defaults, store_lookups
 from tuneloop.settings import Settings, resolve_project
 from tuneloop.spec import JobSpec, check_hyperparameters
 from tuneloop.store.repo import ACTIVE_STATES, Store, age_seconds
@@ -68,7 +70,7 @@ class TuneRequest:
 @dataclass
 class Prepared:
     spec: JobSpec
-    model: ResolvedModel
+    model: ModelRef
     staged: StageResult
     plan: Plan
     notes: list[str]
@@ -121,8 +123,10 @@ class JobService:
         project = resolve_project(req.project)
         technique = normalize_technique(req.technique)
         training_type = normalize_training_type(req.training_type)
-        model = resolve_model(self._finished_output(req.model), technique, training_type)
-        notes = [model.note] if model.note else []
+        model = resolve(req.model, technique=technique, training_type=training_type, project=project,
+                        lookups=self.model_lookups(), models_dir=self.settings.models_dir)
+        check_generic(model, technique)
+        notes = list(model.notes)
         rl = technique in RL_TECHNIQUES
         if rl:
             _check_reward_flags(technique, req)
@@ -143,7 +147,7 @@ class JobService:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         spec = JobSpec(project=project, technique=technique, training_type=training_type, model=model.id,
-                       model_source=model.source, dataset=req.dataset, hyperparameters=overrides,
+                       model_source=model.kind, dataset=req.dataset, hyperparameters=overrides,
                        validation_dataset=req.validation_dataset, column_map=req.column_map,
                        no_transform=req.no_transform, take=req.take, output_uri=req.output_uri,
                        model_package_group=req.model_package_group, reward_function=req.reward_function,
@@ -157,7 +161,8 @@ class JobService:
                      if mlflow_uri else OFF_MESSAGE)
         if rl:
             spec.reward_base_dir = str(Path.cwd())
-            spec.judge_model = req.judge_model or (model.entry.id if model.entry else model.base_path or model.id)
+            spec.judge_model = req.judge_model or (model.entry.id if model.entry else
+                                                   model.base if model.adapter else model.id)
             if technique == "rlaif" and not req.judge_model:
                 notes.append(f"ℹ️  Judge: {spec.judge_model} (the base model; choose another with --judge-model)")
         try:
@@ -208,24 +213,18 @@ class JobService:
                                            f"rows held out (seed {int(overrides.get('seed', 0))})"]
         return staged, validation
 
-    def _plan(self, spec: JobSpec, model: ResolvedModel, staged: StageResult) -> Plan:
-        folder = self._model_folder(model)
+    def _plan(self, spec: JobSpec, model: ModelRef, staged: StageResult) -> Plan:
+        folder = model.local_folder()
         parameters = model.entry.parameters if model.entry else 0
         shape = model_shape(folder, parameters)
         return make_plan(technique=spec.technique, training_type=spec.training_type, shape=shape,
                          data=token_stats(staged.path, spec.technique, folder), hw=self.hardware,
-                         defaults=model.defaults(spec.technique, spec.training_type), overrides=spec.hyperparameters)
+                         defaults=model_defaults(model, spec.technique, spec.training_type),
+                         overrides=spec.hyperparameters)
 
-    def _finished_output(self, model: str | None) -> str | None:
-        """`--model JOB_NAME`: a finished job's output, so training continues from it."""
-        if model and not Path(model).expanduser().exists() and re.fullmatch(r"[a-z0-9-]+-tune-[a-z]+-[\d-]+", model):
-            job = self.store.get_job(model)
-            if job is not None:
-                if not job["output_path"]:
-                    raise ValidationError(f"Job {model} has no output to continue from (it is {job['state']}).",
-                                          param="model")
-                return job["output_path"]
-        return model
+    def model_lookups(self) -> ModelLookups:
+        """Jobs, registered versions and deployed names for the model resolver (`--model sft`)."""
+        return store_lookups(self.store)
 
     def row_reward_policy(self, req: TuneRequest):
         """What a row's reward_model may name in this job (tuneloop.rewards.policy)."""
@@ -297,18 +296,6 @@ class JobService:
                      "--skip-reward-validation.", param="reward_function")
         checked = ", ".join(f"{r.name} ({sum(1 for x in r.results if x.score.ok)} scored)" for r in reports)
         return [f"ℹ️  Rewards verified on sample rows: {checked}"]
-
-    def _model_folder(self, model: ResolvedModel) -> Path | None:
-        if model.source == "adapter":
-            return Path(model.base_path) if model.base_path and Path(model.base_path).is_dir() else \
-                _hub_cache_folder(model.entry.hf_id if model.entry and model.entry.hf_id else str(model.base_path))
-        if model.source == "builtin":
-            from tuneloop.models.builtin import ensure_builtin
-
-            return ensure_builtin(model.id, self.settings.models_dir)
-        if model.source == "local":
-            return Path(model.id)
-        return _hub_cache_folder(model.entry.hf_id if model.entry else model.id)
 
     def submit(self, prep: Prepared, *, force: bool = False, dry_run: bool = False, launch: bool = True) -> Outcome:
         """Idempotency per technique, then create and start the job (unless dry_run)."""
@@ -392,7 +379,7 @@ class JobService:
         from tuneloop.evaluation.run import check_request
 
         project = resolve_project(req.project)
-        technique, rows = check_request(req)
+        technique, rows = check_request(req, self.model_lookups())
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         name, n = f"{project}-eval-{stamp}", 1
         while self.store.get_job(name) is not None:
@@ -525,11 +512,3 @@ def _dataset_record(prep: Prepared) -> dict[str, Any]:
                    validation_dataset_version=prep.validation.dataset_version)
     return {k: v for k, v in out.items() if v is not None}
 
-
-def _hub_cache_folder(repo_id: str) -> Path | None:
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(repo_id, local_files_only=True))
-    except Exception:
-        return None

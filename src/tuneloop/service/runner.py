@@ -95,6 +95,7 @@ def _evaluate(store: Store, job: dict[str, Any]) -> str:
     from dataclasses import fields
 
     from tuneloop.evaluation.run import EvalRequest, evaluate
+    from tuneloop.service.models import store_lookups
 
     job_id, spec = job["id"], job["spec"]
     req = EvalRequest(**{f.name: spec[f.name] for f in fields(EvalRequest) if f.name in spec})
@@ -110,7 +111,8 @@ def _evaluate(store: Store, job: dict[str, Any]) -> str:
 
     store.add_event(job_id, f"evaluation started: {req.model} on {req.dataset}")
     try:
-        result = evaluate(req, on_progress=progress, base_dir=spec.get("base_dir"))
+        result = evaluate(req, on_progress=progress, base_dir=spec.get("base_dir"),
+                          lookups=store_lookups(store))
     except _Cancelled:
         _finish(store, job_id, state="cancelled", error="cancelled by user")
         store.add_event(job_id, "job cancelled", level="warn")
@@ -142,10 +144,11 @@ def _train(store: Store, settings, job: dict[str, Any], tracker) -> str:
     plan = Plan(**job["plan"])
     work = Path(job["job_dir"])
     lora = spec.training_type == "lora"
-    model_dir = common.model_path(spec.model, spec.model_source, settings.models_dir)
-    from tuneloop.service.models import resolve_model
+    from tuneloop.models.resolve import resolve
 
-    targets = resolve_model(spec.model, spec.technique, spec.training_type).lora_targets
+    model = resolve(spec.model, technique=spec.technique, training_type=spec.training_type,
+                    models_dir=settings.models_dir)
+    model_dir, targets = model.adapter or model.load_path(), model.lora_targets  # RL loads an adapter's base itself
     cancelled = {"flag": False}
 
     rl_technique = spec.technique in ("rlvr", "rlaif")

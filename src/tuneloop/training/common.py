@@ -1,5 +1,6 @@
-"""What every technique shares: resolving and loading the model, TrainingArguments from the plan,
-the job callback (metrics events, progress, cancel), and saving the output with its manifest."""
+"""What every technique shares: loading the model (tuneloop.models.resolve says which one),
+TrainingArguments from the plan, the job callback (metrics events, progress, cancel), and saving
+the output with its manifest."""
 
 from __future__ import annotations
 
@@ -14,15 +15,6 @@ from tuneloop.training.plan import Plan
 log = logging.getLogger(__name__)
 
 GENERIC_LORA_TARGETS = "all-linear"
-
-
-def model_path(model: str, source: str, models_dir: Path) -> str:
-    """Folder (built-in, local) or Hub id (catalog) that from_pretrained takes."""
-    if source == "builtin":
-        from tuneloop.models.builtin import ensure_builtin
-
-        return str(ensure_builtin(model, models_dir))
-    return model
 
 
 def load_tokenizer(path: str):
