@@ -20,6 +20,8 @@ from typing import Any
 
 from tuneloop.processes import pid_alive
 from tuneloop.errors import AuthenticationError, ConflictError, NotFoundError, ServerError, ValidationError
+from tuneloop.models.hub import cached_folder
+from tuneloop.models.resolve import resolve
 from tuneloop.registry import resolve_from_tune
 from tuneloop.serving.adapters import AdapterInfo, check_adapter, check_full_model, localize
 from tuneloop.serving.weights import allow
@@ -94,21 +96,11 @@ class DeploymentService:
 
     def resolve_base(self, model: str) -> tuple[str, str]:
         """(name clients use, folder or Hub id to load) of a built-in, catalog model or folder."""
-        from tuneloop.catalog import load_catalog
-
-        folder = Path(model).expanduser()
-        entry = load_catalog().get(model)
-        if entry is None and folder.is_dir():
-            info = check_full_model(folder, param="model")
-            return str(info.path), str(info.path)
-        if entry is None:
-            raise ValidationError(f'Model "{model}" is neither in the catalog nor a model folder.',
-                                  hint="List models with: tuneloop models", param="model")
-        if entry.builtin:
-            from tuneloop.models.builtin import ensure_builtin
-
-            return entry.id, str(ensure_builtin(entry.id, self.settings.models_dir))
-        return entry.id, entry.hf_id or entry.id
+        ref = resolve(model, use="serve", models_dir=self.settings.models_dir)
+        if ref.via == "folder":  # the server's checks: config.json, safetensors, a tokenizer, not an adapter
+            path = str(check_full_model(ref.base, param="model").path)
+            return path, path
+        return ref.name, ref.load_path()
 
     def base_folder(self) -> Path | None:
         """The deployed base's folder on this machine, when it is there (for shape checks)."""
@@ -121,19 +113,15 @@ class DeploymentService:
             _, resolved = self.resolve_base(name)
         except ValidationError:
             return None
-        return Path(resolved) if Path(resolved).is_dir() else _hub_folder(resolved)
+        return Path(resolved) if Path(resolved).is_dir() else cached_folder(resolved)
 
     def set_base(self, model: str, source: Source | None = None) -> tuple[str, str]:
         name, path = self.resolve_base(model)
-        self.record_base(name, path, source)
-        return name, path
-
-    def record_base(self, name: str, path: str, source: Source | None = None) -> None:
-        """Record the base clients call `name`, loaded from `path` (a running server's swap records here)."""
         self.store.upsert_deployment(self.project, base_model=name, base_path=path,
                                      base_job_id=source.job_id if source else None,
                                      base_group=source.group if source else None,
                                      base_version=source.version if source else None)
+        return name, path
 
     # ---- sources ----------------------------------------------------------------------------
     def resolve_source(self, kind: str, *, from_tune: bool, ref: str | None, path: str | None) -> Source:
@@ -142,7 +130,9 @@ class DeploymentService:
         if from_tune == bool(path):
             raise ValidationError(f"Pass exactly one of --from-tune [T|T-SLUG] and {flag} PATH.", param="source")
         if path:
-            return self.source(path)
+            folder = localize(path, self.cache_dir)
+            folder = folder.resolve() if folder.exists() else folder
+            return Source(folder, path, *self._lineage(folder))
         out, output_type = resolve_from_tune(self.store, self.project, ref)
         label = f"--from-tune {ref}" if ref else "--from-tune"
         if kind == "adapter" and output_type != "adapter":
@@ -155,12 +145,6 @@ class DeploymentService:
                 hint=f"Deploy it on the base model:\n  tuneloop adapter add NAME {label}", param="from_tune")
         folder = localize(out, self.cache_dir)
         return Source(folder, label, *self._lineage(out))
-
-    def source(self, path: str) -> Source:
-        """A folder, .tar.gz or URL (unpacked or fetched into the cache), with its lineage."""
-        folder = localize(path, self.cache_dir)
-        folder = folder.resolve() if folder.exists() else folder
-        return Source(folder, path, *self._lineage(folder))
 
     def _lineage(self, path: str | Path) -> tuple[str | None, str | None, int | None]:
         pkg = self.store.package_by_output_path(str(path))
@@ -177,8 +161,8 @@ class DeploymentService:
             kind=kind, source=src.source, path=str(src.path), base_model=base_model, job_id=src.job_id,
             group_name=src.group, version=src.version))
 
-    def forget(self, name: str, kind: str, *, missing_ok: bool = False) -> None:
-        if not missing_ok and not any(d["name"] == name for d in self.store.list_deployed(self.project, kind)):
+    def forget(self, name: str, kind: str) -> None:
+        if not any(d["name"] == name for d in self.store.list_deployed(self.project, kind)):
             what = "adapter" if kind == "adapter" else "inference component"
             raise NotFoundError(f"No {what} named {name!r} is deployed in project {self.project!r}.",
                                 hint="List them with: tuneloop deployment", param="name")
@@ -374,12 +358,3 @@ def _lineage_text(src: Source | None) -> str | None:
     if src is None or not src.job_id:
         return None
     return f"job {src.job_id}" + (f", registered as {src.group} v{src.version}" if src.group else "")
-
-
-def _hub_folder(repo_id: str) -> Path | None:
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(repo_id, local_files_only=True))
-    except Exception:
-        return None
