@@ -46,7 +46,7 @@ def exact_match(prompts, completions, answer, **kwargs):
 def run_one(kind: str, model: str, data: Path, prompts: int, completion: int, work: Path) -> dict:
     os.environ["HF_HUB_OFFLINE"] = "1"
     from tuneloop.models.builtin import ensure_builtin
-    from tuneloop.service.jobs import token_stats
+    from tuneloop.data.lengths import token_stats
     from tuneloop.models.resolve import resolve
     from tuneloop.models.shape import model_shape
     from tuneloop.service.models import model_defaults
@@ -67,12 +67,12 @@ def run_one(kind: str, model: str, data: Path, prompts: int, completion: int, wo
     if kind == "tuneloop":
         from tuneloop.rewards.engine import RewardEngine
         from tuneloop.rewards.functions import RewardContext
-        from tuneloop.training import rl
+        from tuneloop.training.recipes import grpo
 
         ctx = RewardContext()
-        trainer, _ = rl.build_trainer(model_dir=str(model_dir), data_path=data, work_dir=work, plan=plan, lora=True,
-                                      target_modules=resolved.lora_targets, callbacks=[],
-                                      engine=RewardEngine(ctx, "builtin:exact_match"))
+        trainer, _ = grpo.build_trainer(model_dir=str(model_dir), data_path=data, work_dir=work, plan=plan, lora=True,
+                                        target_modules=resolved.lora_targets, callbacks=[],
+                                        engine=RewardEngine(ctx, "builtin:exact_match"))
     else:  # a plain TRL script: GRPOConfig defaults, use_cpu=True, the same LoRA, length and samples
         from datasets import load_dataset
         from peft import LoraConfig

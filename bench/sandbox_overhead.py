@@ -61,7 +61,7 @@ def grpo_step_seconds(steps: int, work: Path) -> float:
     from tuneloop.models.resolve import resolve
     from tuneloop.models.shape import model_shape
     from tuneloop.service.models import model_defaults
-    from tuneloop.training import rl
+    from tuneloop.training.recipes import grpo
     from tuneloop.training.plan import detect_hardware, make_plan
 
     model = "tuneloop/tiny-qwen3"
@@ -71,9 +71,9 @@ def grpo_step_seconds(steps: int, work: Path) -> float:
     plan = make_plan(technique="rlvr", training_type="lora", shape=model_shape(model_dir, 0),
                      data=token_stats(data, "rlvr", model_dir), hw=detect_hardware(),
                      defaults=model_defaults(resolved, "rlvr", "lora"), overrides={"max_steps": steps})
-    trainer, _ = rl.build_trainer(model_dir=str(model_dir), data_path=data, work_dir=work, plan=plan, lora=True,
-                                  target_modules=resolved.lora_targets, callbacks=[],
-                                  engine=RewardEngine(RewardContext(), "builtin:exact_match"))
+    trainer, _ = grpo.build_trainer(model_dir=str(model_dir), data_path=data, work_dir=work, plan=plan, lora=True,
+                                    target_modules=resolved.lora_targets, callbacks=[],
+                                    engine=RewardEngine(RewardContext(), "builtin:exact_match"))
     trainer.train()
     times = [h["step_time"] for h in trainer.state.log_history if "step_time" in h][1:]  # the first warms up
     return statistics.median(times), plan.global_batch

@@ -56,7 +56,7 @@ def run_one(kind: str, technique: str, data: Path, samples: int, work: Path) -> 
     """One training run in this process; returns tokens/s and peak RSS."""
     os.environ["HF_HUB_OFFLINE"] = "1"
     from tuneloop.models.builtin import ensure_builtin
-    from tuneloop.service.jobs import token_stats
+    from tuneloop.data.lengths import token_stats
     from tuneloop.models.resolve import resolve
     from tuneloop.models.shape import model_shape
     from tuneloop.service.models import model_defaults
@@ -73,7 +73,7 @@ def run_one(kind: str, technique: str, data: Path, samples: int, work: Path) -> 
         for k, v in json.loads(os.environ["BENCH_PLAN"]).items():
             setattr(plan, k, v)
     if kind == "tuneloop":
-        from tuneloop.training import dpo, sft
+        from tuneloop.training.recipes import dpo, sft
 
         build = {"sft": sft.build_trainer, "dpo": dpo.build_trainer}[technique]
         trainer, tokenizer = build(model_dir=str(model_dir), data_path=data, work_dir=work, plan=plan, lora=True,

@@ -1,8 +1,10 @@
 """python -m tuneloop.service.runner JOB_ID [--expect-pid PID]
 
-Runs one job in its own process: claim -> load -> train (resuming from the last checkpoint) ->
-save output and manifest -> register -> record config state. Started detached by `tuneloop tune`;
-every state change goes to the database, so nothing lives only in this process.
+Runs one job in its own process: claim -> run the technique's recipe (training/recipes/: set up,
+train resuming from the last checkpoint, validate, save output and manifest) -> register -> record
+config state. Evaluation jobs (`tuneloop eval`) run evaluation/ instead of a recipe. Started
+detached by `tuneloop tune`; every state change goes to the database, so nothing lives only in this
+process.
 """
 
 from __future__ import annotations
@@ -13,10 +15,9 @@ import os
 import socket
 import sys
 import threading
-import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tuneloop.registry import register_output
 from tuneloop.service.jobs import dataset_slug
@@ -24,6 +25,9 @@ from tuneloop.settings import load_settings
 from tuneloop.spec import JobSpec
 from tuneloop.store import Store, open_store
 from tuneloop.training.plan import Plan
+
+if TYPE_CHECKING:
+    from tuneloop.training.recipes import RecipeResult
 
 log = logging.getLogger("tuneloop.runner")
 HEARTBEAT_S = 5.0
@@ -72,7 +76,7 @@ def run_job(store: Store, job_id: str, expect_pid: int | None = None) -> str:
             heartbeat.stopped.set()
     tracker = _tracker(store, job)
     try:
-        state = _train(store, settings, job, tracker)
+        state = _tune(store, settings, job, tracker)
         tracker.finish("FINISHED" if state == "completed" else "KILLED",
                        Path(job["job_dir"]) / "output" if state == "completed" else None)
         return state
@@ -136,136 +140,31 @@ def _tracker(store: Store, job: dict[str, Any]):
     return open_tracker(JobSpec.from_dict(job["spec"]), job, on_event)
 
 
-def _train(store: Store, settings, job: dict[str, Any], tracker) -> str:
-    from tuneloop.training import common, dpo, sft
-
-    job_id = job["id"]
-    spec = JobSpec.from_dict(job["spec"])
-    plan = Plan(**job["plan"])
-    work = Path(job["job_dir"])
-    lora = spec.training_type == "lora"
+def _tune(store: Store, settings, job: dict[str, Any], tracker) -> str:
+    """A training job: its technique's recipe trains and saves the output, then it is registered."""
     from tuneloop.models.resolve import resolve
+    from tuneloop.training.recipes import JobContext, recipe_for
 
+    spec = JobSpec.from_dict(job["spec"])
     model = resolve(spec.model, technique=spec.technique, training_type=spec.training_type,
                     models_dir=settings.models_dir)
     model_dir, targets = model.adapter or model.load_path(), model.lora_targets  # RL loads an adapter's base itself
-    cancelled = {"flag": False}
-
-    rl_technique = spec.technique in ("rlvr", "rlaif")
-
-    def on_metrics(step: int, total: int, metrics: dict[str, float]) -> None:
-        loss = metrics.get("loss")
-        live = {"metrics": {k: metrics[k] for k in RL_LIVE if k in metrics}} if rl_technique and "reward" in metrics else {}
-        store.update_job(job_id, step=step, total_steps=total, **({"loss": loss} if loss is not None else {}), **live)
-        store.add_event(job_id, f"step {step}/{total}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()),
-                        type="metrics", data={"step": step, **metrics})
-        tracker.log_metrics(step, metrics)
-
-    def should_stop() -> bool:
-        current = store.get_job(job_id)
-        cancelled["flag"] = bool(current and current["cancel_requested"])
-        return cancelled["flag"]
-
-    def on_save(step: int) -> None:
-        store.add_event(job_id, f"checkpoint saved at step {step}", data={"step": step})
-
-    extra: dict[str, Any] = {}
-    saver = common.save_output
-    if rl_technique:
-        from tuneloop.training import rl
-
-        rewards = _reward_engine(store, settings, spec, plan, job_id)
-        extra, saver = {"engine": rewards}, rl.save_output
-        builder = rl.build_trainer
-    else:
-        builder = {"sft": sft.build_trainer, "dpo": dpo.build_trainer}[spec.technique]
-    try:
-        return _run(store, job, spec, plan, work, lora, model_dir, builder, saver, extra, on_metrics, should_stop,
-                    on_save, cancelled, targets, tracker)
-    finally:
-        if "engine" in extra:
-            extra["engine"].ctx.close()
-
-
-RL_LIVE = ("reward", "reward_std", "kl", "completions/mean_length", "completions/clipped_ratio", "reward/failed")
-
-
-def _reward_engine(store: Store, settings, spec: JobSpec, plan: Plan, job_id: str):
-    """The job's rewards: its reward (rows' reward_model override it), judge and evaluators;
-    each distinct reward error becomes one event with its traceback."""
-    from tuneloop.rewards.engine import RewardEngine
-    from tuneloop.rewards.functions import RewardContext
-
-    ctx = RewardContext(base_dir=spec.reward_base_dir, judge_model=spec.judge_model,
-                        evaluator_lookup=getattr(store, "get_evaluator_version", None), models_dir=settings.models_dir,
-                        timeout_s=plan.reward_timeout_s or 10.0, unsafe_sandbox=spec.unsafe_reward_sandbox)
-
-    def on_event(level: str, message: str, data: dict[str, Any]) -> None:
-        store.add_event(job_id, message, level=level, data=data)
-
-    default = spec.reward_function if spec.technique == "rlvr" else spec.reward_prompt
-    return RewardEngine(ctx, default, threshold=plan.reward_failure_threshold if plan.reward_failure_threshold
-                        is not None else 0.2, on_event=on_event)
-
-
-def _run(store: Store, job: dict[str, Any], spec: JobSpec, plan: Plan, work: Path, lora: bool, model_dir: str,
-         builder, saver, extra: dict[str, Any], on_metrics, should_stop, on_save, cancelled: dict[str, bool],
-         targets, tracker) -> str:
-    from tuneloop.training import common
-
-    job_id = job["id"]
-    validation = work / "data" / "validation.jsonl"
-    if spec.technique in ("sft", "dpo") and validation.is_file():
-        extra = {**extra, "eval_path": validation}
-    trainer, tokenizer = builder(model_dir=model_dir, data_path=work / "data" / "train.jsonl", work_dir=work,
-                                 plan=plan, lora=lora, target_modules=targets,
-                                 callbacks=[common.make_callback(on_metrics, should_stop, on_save)], **extra)
-    resume = common.last_checkpoint(work / "checkpoints")
-    store.add_event(job_id, f"training started on {plan.device} ({plan.precision}), {plan.total_steps} steps"
-                    + (f"; resuming from {Path(resume).name}" if resume else ""),
-                    data={"resume_from": resume})
-    started = time.monotonic()
-    result = trainer.train(resume_from_checkpoint=resume)
-    if cancelled["flag"]:
-        _finish(store, job_id, state="cancelled", error="cancelled by user")
-        store.add_event(job_id, "job cancelled", level="warn")
+    ctx = JobContext(store=store, job=job, spec=spec, plan=Plan(**job["plan"]), model_dir=model_dir,
+                     lora_targets=targets, models_dir=settings.models_dir, tracker=tracker)
+    result = recipe_for(spec.technique)(ctx).run()
+    if result is None:
+        _finish(store, job["id"], state="cancelled", error="cancelled by user")
+        store.add_event(job["id"], "job cancelled", level="warn")
         return "cancelled"
-    metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
-    for entry in reversed(trainer.state.log_history):  # last logged technique metrics (e.g. DPO accuracies)
-        if "loss" in entry:
-            metrics.update({f"final_{k}": float(v) for k, v in entry.items()
-                            if isinstance(v, (int, float)) and k not in ("epoch", "step")})
-            break
-    metrics["wall_s"] = round(time.monotonic() - started, 2)
-    scores = None
-    if "eval_path" in extra:
-        from tuneloop.evaluation.auto import evaluate_validation
+    return _register(store, spec, job, result)
 
-        scores = evaluate_validation(trainer, tokenizer, spec.technique, validation)
-    elif "engine" in extra and validation.is_file():
-        from tuneloop.evaluation.auto import evaluate_rl_validation
 
-        engine = extra["engine"]
-        scores = evaluate_rl_validation(trainer, tokenizer, engine.ctx, engine.default_ref, validation,
-                                        plan.max_response_length or 64)
-    if scores is not None:
-        metrics.update(scores)
-        store.add_event(job_id, "validation: " + ", ".join(f"{k}={v:.4g}" for k, v in scores.items()),
-                        type="evaluation", data=scores)
-    if "engine" in extra:
-        metrics.update(extra["engine"].summary())
-    tracker.log_metrics(trainer.state.global_step, {k: v for k, v in metrics.items() if not k.startswith("final_")})
-    out_dir = work / "output"
-    output_type = saver(trainer, tokenizer, out_dir, lora)
-    manifest = {
-        "job": job_id, "spec": job["spec"], "plan": job["plan"], "base_model": spec.model,
-        "base_model_path": model_dir, "output_type": output_type,
-        "dataset": {"source": spec.dataset, "sha256": job["dataset_sha256"], "rows": job["dataset_rows"]},
-        "metrics": metrics, "versions": common.versions(),
-    }
-    common.write_json(out_dir / "manifest.json", manifest)
-    common.write_json(out_dir / "tuneloop_spec.json", job["spec"])
-    final_path = _copy_out(spec, out_dir, job_id)
+def _register(store: Store, spec: JobSpec, job: dict[str, Any], result: RecipeResult) -> str:
+    """Copy the output out (--output-bucket), register it as the group's next version, record the
+    project's config state, and complete the job."""
+    job_id = job["id"]
+    output_type, metrics = result.output_type, result.metrics
+    final_path = _copy_out(spec, result.output_dir, job_id)
     version = register_output(store, spec, job_id=job_id, output_path=final_path, output_type=output_type,
                               dataset_sha256=job["dataset_sha256"], metrics=metrics)
     _record_state(store, spec, final_path, output_type)

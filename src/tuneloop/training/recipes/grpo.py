@@ -1,4 +1,6 @@
-"""RLVR and RLAIF on TRL's GRPOTrainer, LoRA or full-rank.
+"""The GRPO recipe, for RLVR and RLAIF: reinforcement learning on TRL's GRPOTrainer, LoRA or
+full-rank. It trains the model to write completions its reward scores higher, then scores greedy
+answers to the validation prompts with each row's reward (eval_reward).
 
 Both techniques are GRPO: each prompt is sampled `num_generations` times, every completion is
 scored by its reward (a verifiable reward function for RLVR, an LLM judge for RLAIF; routed per
@@ -20,13 +22,71 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from tuneloop.data.staged import iter_rows
 from tuneloop.rewards.base import Sample
 from tuneloop.rewards.engine import RewardEngine
 from tuneloop.training import common
 from tuneloop.training.plan import Plan
+from tuneloop.training.recipes.base import JobContext, Recipe
 
 log = logging.getLogger(__name__)
 ROW_COLUMN = "tuneloop_row"
+# kept on the job row while training, for `tuneloop status`
+RL_LIVE = ("reward", "reward_std", "kl", "completions/mean_length", "completions/clipped_ratio", "reward/failed")
+
+
+class GRPORecipe(Recipe):
+    """RLVR and RLAIF alike: the technique only picks the job's default reward (its reward
+    function or its reward prompt); rows' reward_model override it either way."""
+
+    engine: RewardEngine | None = None
+
+    def setup(self) -> None:
+        c = self.ctx
+        self.engine = reward_engine(c)
+        self.trainer, self.tokenizer = build_trainer(model_dir=c.model_dir, data_path=c.train_path, work_dir=c.work,
+                                                     plan=c.plan, lora=c.lora, target_modules=c.lora_targets,
+                                                     callbacks=self.callbacks(), engine=self.engine)
+
+    def validate(self) -> dict[str, float] | None:
+        if self.ctx.validation_path is None:
+            return None
+        from tuneloop.evaluation.auto import evaluate_rl_validation
+
+        return evaluate_rl_validation(self.trainer, self.tokenizer, self.engine.ctx, self.engine.default_ref,
+                                      self.ctx.validation_path, self.ctx.plan.max_response_length or 64)
+
+    def summary(self) -> dict[str, float]:
+        return self.engine.summary()
+
+    def live_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
+        return {k: metrics[k] for k in RL_LIVE if k in metrics} if "reward" in metrics else {}
+
+    def save_weights(self, out_dir: Path) -> str:
+        return save_output(self.trainer, self.tokenizer, out_dir, self.ctx.lora)
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.ctx.close()
+
+
+def reward_engine(ctx: JobContext) -> RewardEngine:
+    """The job's rewards: its reward (rows' reward_model override it), judge and evaluators;
+    each distinct reward error becomes one event with its traceback."""
+    from tuneloop.rewards.functions import RewardContext
+
+    spec, plan = ctx.spec, ctx.plan
+    rewards = RewardContext(base_dir=spec.reward_base_dir, judge_model=spec.judge_model,
+                            evaluator_lookup=getattr(ctx.store, "get_evaluator_version", None),
+                            models_dir=ctx.models_dir, timeout_s=plan.reward_timeout_s or 10.0,
+                            unsafe_sandbox=spec.unsafe_reward_sandbox)
+
+    def on_event(level: str, message: str, data: dict[str, Any]) -> None:
+        ctx.event(message, level=level, data=data)
+
+    default = spec.reward_function if spec.technique == "rlvr" else spec.reward_prompt
+    return RewardEngine(rewards, default, threshold=plan.reward_failure_threshold if plan.reward_failure_threshold
+                        is not None else 0.2, on_event=on_event)
 
 
 class RewardAdapter:
@@ -82,17 +142,13 @@ def load_dataset(data_path: Path, tokenizer, plan: Plan, work_dir: Path):
     from datasets import Dataset
 
     rows, cut = [], 0
-    with open(data_path, encoding="utf-8") as fh:
-        for line in fh:
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            row["prompt"], was_cut = _fit_prompt(row["prompt"], tokenizer, plan.max_prompt_length or 10**9)
-            cut += was_cut
-            packed = pack_row(row)
-            if not common.has_chat_template(tokenizer):  # a base model without a template gets plain text
-                packed["prompt"] = "\n".join(m["content"] for m in row["prompt"])
-            rows.append(packed)
+    for row in iter_rows(data_path):
+        row["prompt"], was_cut = _fit_prompt(row["prompt"], tokenizer, plan.max_prompt_length or 10**9)
+        cut += was_cut
+        packed = pack_row(row)
+        if not common.has_chat_template(tokenizer):  # a base model without a template gets plain text
+            packed["prompt"] = "\n".join(m["content"] for m in row["prompt"])
+        rows.append(packed)
     if cut:
         log.warning("%d prompt(s) were cut to max_prompt_length=%d tokens", cut, plan.max_prompt_length)
     return Dataset.from_list(rows), cut

@@ -1,4 +1,6 @@
-"""Supervised fine-tuning on TRL's SFTTrainer, LoRA or full-rank.
+"""The SFT recipe: supervised fine-tuning on TRL's SFTTrainer, LoRA or full-rank. It trains the
+model to answer each staged prompt with its completion (or each conversation's assistant turns),
+then scores it on the validation rows: loss, perplexity, token accuracy, greedy exact match.
 
 Chat models train through their chat template: a staged {prompt, completion} row becomes a user
 turn and an assistant turn, and TRL's completion mask puts the loss on the assistant turn only,
@@ -14,6 +16,22 @@ from typing import Any
 
 from tuneloop.training import common
 from tuneloop.training.plan import Plan
+from tuneloop.training.recipes.base import Recipe
+
+
+class SFTRecipe(Recipe):
+    def setup(self) -> None:
+        c = self.ctx
+        self.trainer, self.tokenizer = build_trainer(model_dir=c.model_dir, data_path=c.train_path, work_dir=c.work,
+                                                     plan=c.plan, lora=c.lora, target_modules=c.lora_targets,
+                                                     callbacks=self.callbacks(), eval_path=c.validation_path)
+
+    def validate(self) -> dict[str, float] | None:
+        if self.ctx.validation_path is None:
+            return None
+        from tuneloop.evaluation.auto import evaluate_validation
+
+        return evaluate_validation(self.trainer, self.tokenizer, "sft", self.ctx.validation_path)
 
 
 def to_conversational(row: dict[str, Any]) -> dict[str, Any]:

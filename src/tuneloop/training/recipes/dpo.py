@@ -1,4 +1,6 @@
-"""Direct preference optimisation on TRL's DPOTrainer, LoRA or full-rank.
+"""The DPO recipe: direct preference optimisation on TRL's DPOTrainer, LoRA or full-rank. It trains
+the model to prefer each staged pair's chosen answer over its rejected one, then scores it on the
+validation pairs: loss, preference accuracy, reward margin.
 
 For chat models each staged {prompt, chosen, rejected} row becomes a user turn and two candidate
 assistant turns. With LoRA the reference model is the base with adapters switched off (no copy);
@@ -12,6 +14,22 @@ from typing import Any
 
 from tuneloop.training import common
 from tuneloop.training.plan import Plan
+from tuneloop.training.recipes.base import Recipe
+
+
+class DPORecipe(Recipe):
+    def setup(self) -> None:
+        c = self.ctx
+        self.trainer, self.tokenizer = build_trainer(model_dir=c.model_dir, data_path=c.train_path, work_dir=c.work,
+                                                     plan=c.plan, lora=c.lora, target_modules=c.lora_targets,
+                                                     callbacks=self.callbacks(), eval_path=c.validation_path)
+
+    def validate(self) -> dict[str, float] | None:
+        if self.ctx.validation_path is None:
+            return None
+        from tuneloop.evaluation.auto import evaluate_validation
+
+        return evaluate_validation(self.trainer, self.tokenizer, "dpo", self.ctx.validation_path)
 
 
 def to_conversational(row: dict[str, Any]) -> dict[str, Any]:
