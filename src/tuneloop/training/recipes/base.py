@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from tuneloop.spec import JobSpec
 from tuneloop.training import common
@@ -114,7 +114,7 @@ class Recipe:
 
     # ---- the interface ------------------------------------------------------------------------------
     def setup(self) -> None:
-        """Build `self.trainer` and `self.tokenizer`, with `self.callbacks()` on the trainer."""
+        """Build `self.trainer` and `self.tokenizer` (usually through `build`)."""
         raise NotImplementedError
 
     def train(self) -> dict[str, float] | None:
@@ -159,6 +159,14 @@ class Recipe:
         return RecipeResult(out_dir, output_type, metrics)
 
     # ---- what a technique may change ------------------------------------------------------------------
+    def build(self, build_trainer: Callable[..., tuple[Any, Any]], **extra: Any) -> None:
+        """Set `trainer` and `tokenizer` from a technique's build_trainer, on the job's model, data,
+        plan and callbacks (`extra`: the technique's own arguments)."""
+        c = self.ctx
+        self.trainer, self.tokenizer = build_trainer(model_dir=c.model_dir, data_path=c.train_path, work_dir=c.work,
+                                                     plan=c.plan, lora=c.lora, target_modules=c.lora_targets,
+                                                     callbacks=self.callbacks(), **extra)
+
     def save_weights(self, out_dir: Path) -> str:
         """Write the adapter or full model and its tokenizer; return the output type."""
         return common.save_output(self.trainer, self.tokenizer, out_dir, self.ctx.lora)

@@ -19,10 +19,7 @@ from tuneloop.training.recipes.base import Recipe
 
 class DPORecipe(Recipe):
     def setup(self) -> None:
-        c = self.ctx
-        self.trainer, self.tokenizer = build_trainer(model_dir=c.model_dir, data_path=c.train_path, work_dir=c.work,
-                                                     plan=c.plan, lora=c.lora, target_modules=c.lora_targets,
-                                                     callbacks=self.callbacks(), eval_path=c.validation_path)
+        self.build(build_trainer, eval_path=self.ctx.validation_path)
 
     def validate(self) -> dict[str, float] | None:
         if self.ctx.validation_path is None:

@@ -42,11 +42,8 @@ class GRPORecipe(Recipe):
     engine: RewardEngine | None = None
 
     def setup(self) -> None:
-        c = self.ctx
-        self.engine = reward_engine(c)
-        self.trainer, self.tokenizer = build_trainer(model_dir=c.model_dir, data_path=c.train_path, work_dir=c.work,
-                                                     plan=c.plan, lora=c.lora, target_modules=c.lora_targets,
-                                                     callbacks=self.callbacks(), engine=self.engine)
+        self.engine = reward_engine(self.ctx)
+        self.build(build_trainer, engine=self.engine)
 
     def validate(self) -> dict[str, float] | None:
         if self.ctx.validation_path is None:
