@@ -98,7 +98,7 @@ class ModelRef:
 def resolve(ref: str | None, *, use: str = "tune", technique: str | None = None, training_type: str = "lora",
             project: str | None = None, lookups: ModelLookups | None = None,
             models_dir: Path | None = None) -> ModelRef:
-    """The model `ref` names, for `use` (module docstring). `technique` (tune) is normalized."""
+    """The model `ref` names, for `use` (see the module docstring); `technique` is already normalized."""
     assert use in USES, use
     if models_dir is None:
         from tuneloop.settings import load_settings
