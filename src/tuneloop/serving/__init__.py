@@ -8,8 +8,15 @@
     vllm_engine.py     `vllm serve --enable-lora` as the engine (GPU machines with vLLM)
     adapters.py        checks of adapter and full-model folders (no torch)
     deployments.py     what is deployed (database state), --from-tune resolution, the running server
-    protocol.py        OpenAI request models, response bodies, the one error -> HTTP map
-    server.py          the FastAPI app and `tuneloop serve`
+    weights.py         where a request may load weights from (model roots, the CLI's allow-list, URLs)
+    limits.py          what one request may cost: body bytes (ASGI middleware), prompt length, tokens
+    protocol.py        OpenAI request models, response bodies, the chat/text chunk shapes, and the
+                       one map from errors (errors.py's family) to OpenAI error bodies
+    completions.py     chat and text completions: tokenize, submit, answer, one SSE stream generator
+    served.py          what a running server serves: checked, loaded into the engine, recorded
+    routes/            one router per API surface: health.py, openai.py, admin.py (and auth.py)
+    server.py          `create_app` (serving objects on app.state, routers, error handlers, body
+                       cap) and `tuneloop serve`
 
 Nothing here is imported by paths that do not serve; torch and transformers load inside the
 engine only.

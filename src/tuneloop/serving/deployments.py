@@ -117,11 +117,15 @@ class DeploymentService:
 
     def set_base(self, model: str, source: Source | None = None) -> tuple[str, str]:
         name, path = self.resolve_base(model)
+        self.record_base(name, path, source)
+        return name, path
+
+    def record_base(self, name: str, path: str, source: Source | None = None) -> None:
+        """Record the base clients call `name`, loaded from `path` (a running server's swap records here)."""
         self.store.upsert_deployment(self.project, base_model=name, base_path=path,
                                      base_job_id=source.job_id if source else None,
                                      base_group=source.group if source else None,
                                      base_version=source.version if source else None)
-        return name, path
 
     # ---- sources ----------------------------------------------------------------------------
     def resolve_source(self, kind: str, *, from_tune: bool, ref: str | None, path: str | None) -> Source:
@@ -130,9 +134,7 @@ class DeploymentService:
         if from_tune == bool(path):
             raise ValidationError(f"Pass exactly one of --from-tune [T|T-SLUG] and {flag} PATH.", param="source")
         if path:
-            folder = localize(path, self.cache_dir)
-            folder = folder.resolve() if folder.exists() else folder
-            return Source(folder, path, *self._lineage(folder))
+            return self.source(path)
         out, output_type = resolve_from_tune(self.store, self.project, ref)
         label = f"--from-tune {ref}" if ref else "--from-tune"
         if kind == "adapter" and output_type != "adapter":
@@ -145,6 +147,12 @@ class DeploymentService:
                 hint=f"Deploy it on the base model:\n  tuneloop adapter add NAME {label}", param="from_tune")
         folder = localize(out, self.cache_dir)
         return Source(folder, label, *self._lineage(out))
+
+    def source(self, path: str) -> Source:
+        """A folder, .tar.gz or URL (unpacked or fetched into the cache), with its lineage."""
+        folder = localize(path, self.cache_dir)
+        folder = folder.resolve() if folder.exists() else folder
+        return Source(folder, path, *self._lineage(folder))
 
     def _lineage(self, path: str | Path) -> tuple[str | None, str | None, int | None]:
         pkg = self.store.package_by_output_path(str(path))
@@ -161,8 +169,8 @@ class DeploymentService:
             kind=kind, source=src.source, path=str(src.path), base_model=base_model, job_id=src.job_id,
             group_name=src.group, version=src.version))
 
-    def forget(self, name: str, kind: str) -> None:
-        if not any(d["name"] == name for d in self.store.list_deployed(self.project, kind)):
+    def forget(self, name: str, kind: str, *, missing_ok: bool = False) -> None:
+        if not missing_ok and not any(d["name"] == name for d in self.store.list_deployed(self.project, kind)):
             what = "adapter" if kind == "adapter" else "inference component"
             raise NotFoundError(f"No {what} named {name!r} is deployed in project {self.project!r}.",
                                 hint="List them with: tuneloop deployment", param="name")

@@ -1,13 +1,15 @@
-"""The OpenAI wire format: request models (validated once, naming the bad field), response and
-stream-chunk bodies, and `error_response`, the one map from exceptions to HTTP errors with an
-OpenAI error body `{"error": {"message", "type", "param", "code"}}`."""
+"""The OpenAI wire format: request models (validated once, naming the bad field), response bodies,
+the two stream-chunk shapes (CHAT, TEXT), and `error_response`, the one map from exceptions (the
+TuneloopError family of errors.py, FastAPI's validation and HTTP errors, anything else as a 500) to
+an HTTP status and an OpenAI error body `{"error": {"message", "type", "param", "code"}}`."""
 
 from __future__ import annotations
 
 import logging
 import time
 import uuid
-from typing import Annotated, Any, Literal
+from dataclasses import dataclass
+from typing import Annotated, Any, Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -235,16 +237,6 @@ def chat_response(rid: str, model: str, texts: list[str], reasons: list[str], us
             "usage": use, "system_fingerprint": None}
 
 
-def chat_chunk(rid: str, model: str, created: int, index: int | None, delta: dict[str, Any] | None,
-               finish_reason: str | None = None, use: dict[str, int] | None = None) -> dict[str, Any]:
-    choices = [] if index is None else [{"index": index, "delta": delta or {}, "finish_reason": finish_reason,
-                                         "logprobs": None}]
-    body = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model, "choices": choices}
-    if use is not None:
-        body["usage"] = use
-    return body
-
-
 def completion_response(rid: str, model: str, texts: list[str], reasons: list[str], use: dict[str, int]
                         ) -> dict[str, Any]:
     return {"id": rid, "object": "text_completion", "created": int(time.time()), "model": model,
@@ -252,11 +244,39 @@ def completion_response(rid: str, model: str, texts: list[str], reasons: list[st
                         for i, (t, r) in enumerate(zip(texts, reasons))], "usage": use}
 
 
-def completion_chunk(rid: str, model: str, created: int, index: int | None, text: str,
-                     finish_reason: str | None = None, use: dict[str, int] | None = None) -> dict[str, Any]:
-    choices = [] if index is None else [{"index": index, "text": text, "finish_reason": finish_reason,
+
+# ---- stream chunks: chat and text completions differ only in their shape -------------------------
+@dataclass(frozen=True)
+class Shape:
+    """What a completion looks like on the wire: its id prefix, its whole response, and the
+    fields a stream chunk's choice carries for a piece of text."""
+
+    id_prefix: str
+    chunk_object: str
+    response: Callable[[str, str, list[str], list[str], dict[str, int]], dict[str, Any]]
+    piece: Callable[[str], dict[str, Any]]   # a piece of text ("" when a choice finishes) -> choice fields
+    opening: dict[str, Any] | None = None    # each choice's first chunk before any text (chat: the role)
+
+
+def _chat_piece(text: str) -> dict[str, Any]:
+    return {"delta": {"content": text} if text else {}}
+
+
+def _text_piece(text: str) -> dict[str, Any]:
+    return {"text": text}
+
+
+CHAT = Shape("chatcmpl", "chat.completion.chunk", chat_response, _chat_piece,
+             opening={"delta": {"role": "assistant", "content": ""}})
+TEXT = Shape("cmpl", "text_completion", completion_response, _text_piece)
+
+
+def chunk(shape: Shape, rid: str, model: str, created: int, index: int | None, fields: dict[str, Any] | None,
+          finish_reason: str | None = None, use: dict[str, int] | None = None) -> dict[str, Any]:
+    """One SSE chunk: a choice's `fields` (shape.piece or shape.opening), or no choice and the usage."""
+    choices = [] if index is None else [{"index": index, **(fields or {}), "finish_reason": finish_reason,
                                          "logprobs": None}]
-    body = {"id": rid, "object": "text_completion", "created": created, "model": model, "choices": choices}
+    body = {"id": rid, "object": shape.chunk_object, "created": created, "model": model, "choices": choices}
     if use is not None:
         body["usage"] = use
     return body
