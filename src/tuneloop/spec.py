@@ -1,5 +1,15 @@
-"""The one typed job spec: built from CLI flags, SDK arguments or an API body, validated once,
-resolved by the planner, and saved whole as `spec.json` beside every artifact."""
+"""The one typed job spec and the registry of the knobs it carries.
+
+Each hyperparameter is declared once, in `HYPERPARAMETERS`: its type, bounds, help, CLI flag, the
+TRL / TrainingArguments field it becomes, which techniques and training types it applies to, and
+its generic default. The CLI's `tune` options, the SDK's keyword arguments, validation and the
+generic defaults table are all read from it (TRL's config dataclasses carry their `help` the same
+way). A request (`TuneRequest`) is validated and resolved into a frozen `JobSpec`, which the runner
+reads and which is saved once beside the job's outputs (`spec_record`).
+
+    overrides = check_hyperparameters({"kl_loss_coef": 0.0}, "lora", "rlvr")
+    hp = resolve_hyperparameters("rlvr", "lora", model=entry_defaults, user=overrides)
+"""
 
 from __future__ import annotations
 
@@ -8,22 +18,53 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from tuneloop.catalog import RL_TECHNIQUES
+from tuneloop.catalog import RL_TECHNIQUES, TECHNIQUES, TRAINING_TYPES
 from tuneloop.errors import ValidationError
+
+
+def _by_technique(*, sft: Any, dpo: Any, rl: Any) -> dict[str, Any]:
+    return {"sft": sft, "dpo": dpo, **dict.fromkeys(RL_TECHNIQUES, rl)}
 
 
 @dataclass(frozen=True)
 class Hyperparameter:
-    """One hyperparameter's type and bounds (SageMaker's typed hyperparameter spec)."""
+    """One knob: type and bounds (SageMaker's typed hyperparameter spec), help, CLI flag, TRL name,
+    where it applies, and its generic default (a catalog model's own value wins over it)."""
 
+    name: str
     type: type
-    min: float | None = None
-    max: float | None = None
-    lora_only: bool = False
-    help: str = ""
+    min: float
+    max: float
+    help: str
+    default: Any                       # one value, or {technique: value}; None: the planner derives it
+    flag: str = ""                     # default: --name-with-dashes
+    trl: str = ""                      # the TRL / PEFT / TrainingArguments field it becomes, if one
+    full_rank_default: Any = None      # full-rank's value where it differs (the learning rate)
     techniques: tuple[str, ...] = ()   # empty: every technique
+    training_types: tuple[str, ...] = ()   # empty: every training type
 
-    def check(self, name: str, value: Any) -> Any:
+    @property
+    def cli_flag(self) -> str:
+        return self.flag or "--" + self.name.replace("_", "-")
+
+    @property
+    def scope(self) -> str:
+        """What the CLI help says about where the knob applies: "lora only", "RL" or ""."""
+        if self.training_types == ("lora",):
+            return "lora only"
+        return "RL" if self.techniques == RL_TECHNIQUES else "/".join(self.techniques)
+
+    def applies(self, technique: str | None, training_type: str | None) -> bool:
+        return ((technique is None or not self.techniques or technique in self.techniques)
+                and (training_type is None or not self.training_types or training_type in self.training_types))
+
+    def default_for(self, technique: str, training_type: str) -> Any:
+        value = self.full_rank_default if training_type == "full-rank" and self.full_rank_default is not None \
+            else self.default
+        return value.get(technique) if isinstance(value, dict) else value
+
+    def check(self, value: Any) -> Any:
+        name = self.name
         if self.type is int and isinstance(value, float) and value.is_integer():
             value = int(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or (
@@ -35,7 +76,7 @@ class Hyperparameter:
             )
         if isinstance(value, float) and not math.isfinite(value):
             raise ValidationError(f"Hyperparameter {name} must be finite, got {value!r}.", param=name)
-        if (self.min is not None and value < self.min) or (self.max is not None and value > self.max):
+        if value < self.min or value > self.max:
             raise ValidationError(
                 f"Hyperparameter {name}={value} is out of range [{self.min}, {self.max}].",
                 hint=f"{name}: {self.help}", param=name,
@@ -43,37 +84,80 @@ class Hyperparameter:
         return self.type(value)
 
 
-HYPERPARAMETERS: dict[str, Hyperparameter] = {
-    "learning_rate": Hyperparameter(float, 1e-9, 1.0, help="peak learning rate, e.g. 2e-4"),
-    "max_epochs": Hyperparameter(int, 1, 1000, help="passes over the training data"),
-    "global_batch_size": Hyperparameter(int, 1, 65536, help="samples per optimizer step, all devices"),
-    "max_steps": Hyperparameter(int, 1, 10_000_000, help="stop after this many optimizer steps"),
-    "save_steps": Hyperparameter(int, 1, 10_000_000, help="checkpoint every N optimizer steps"),
-    "warmup_steps": Hyperparameter(int, 0, 10_000_000, help="linear warm-up steps"),
-    "weight_decay": Hyperparameter(float, 0.0, 1.0, help="AdamW weight decay"),
-    "lora_rank": Hyperparameter(int, 1, 1024, lora_only=True, help="LoRA rank r, e.g. 16"),
-    "lora_alpha": Hyperparameter(int, 1, 4096, lora_only=True, help="LoRA scaling alpha, e.g. 32"),
-    "dataset_max_len": Hyperparameter(int, 8, 1_048_576, help="maximum tokens per example"),
-    "beta": Hyperparameter(float, 0.0, 100.0, help="DPO temperature beta, e.g. 0.1"),
-    "seed": Hyperparameter(int, 0, 2**31 - 1, help="random seed"),
+_RL = {"techniques": RL_TECHNIQUES}
+_LORA = {"training_types": ("lora",)}
+_REGISTRY = [
+    Hyperparameter("max_epochs", int, 1, 1000, "passes over the training data", _by_technique(sft=3, dpo=1, rl=1),
+                   flag="--epochs", trl="num_train_epochs (the planner turns epochs into max_steps)"),
+    Hyperparameter("learning_rate", float, 1e-9, 1.0, "peak learning rate, e.g. 2e-4",
+                   _by_technique(sft=2e-4, dpo=5e-5, rl=1e-5), trl="learning_rate",
+                   full_rank_default=_by_technique(sft=1e-5, dpo=5e-7, rl=1e-6)),
+    Hyperparameter("dataset_max_len", int, 8, 1_048_576, "maximum tokens per example", 2048,
+                   flag="--max-seq-length", trl="max_length"),
+    Hyperparameter("lora_rank", int, 1, 1024, "LoRA rank r, e.g. 16", 16, trl="LoraConfig.r", **_LORA),
+    Hyperparameter("lora_alpha", int, 1, 4096, "LoRA scaling alpha, e.g. 32", 32, trl="LoraConfig.lora_alpha",
+                   **_LORA),
+    Hyperparameter("global_batch_size", int, 1, 65536, "samples per optimizer step, all devices",
+                   _by_technique(sft=8, dpo=8, rl=32), flag="--batch-size",
+                   trl="per_device_train_batch_size x gradient_accumulation_steps x devices (planned)"),
+    Hyperparameter("max_steps", int, 1, 10_000_000, "stop after this many optimizer steps (overrides epochs)",
+                   None, trl="max_steps"),
+    Hyperparameter("save_steps", int, 1, 10_000_000, "checkpoint every N optimizer steps", None,
+                   trl="save_steps"),
+    Hyperparameter("warmup_steps", int, 0, 10_000_000, "linear warm-up steps", 0, trl="warmup_steps"),
+    Hyperparameter("weight_decay", float, 0.0, 1.0, "AdamW weight decay", 0.0, trl="weight_decay"),
+    Hyperparameter("beta", float, 0.0, 100.0, "DPO temperature beta, e.g. 0.1", 0.1, trl="DPOConfig.beta",
+                   techniques=("dpo",)),
+    Hyperparameter("seed", int, 0, 2**31 - 1, "random seed (training and --validation-split)", 42,
+                   trl="seed, data_seed"),
     # RL (rlvr, rlaif): GRPO on TRL
-    "max_prompt_length": Hyperparameter(int, 8, 1_048_576, help="prompt tokens kept (left-truncated)",
-                                        techniques=RL_TECHNIQUES),
-    "max_response_length": Hyperparameter(int, 1, 1_048_576, help="tokens generated per completion",
-                                          techniques=RL_TECHNIQUES),
-    "num_generations": Hyperparameter(int, 2, 1024, help="completions sampled per prompt (GRPO group size)",
-                                      techniques=RL_TECHNIQUES),
-    "temperature": Hyperparameter(float, 0.01, 10.0, help="sampling temperature, e.g. 1.0",
-                                  techniques=RL_TECHNIQUES),
-    "kl_loss_coef": Hyperparameter(float, 0.0, 100.0, help="KL penalty to the starting model, e.g. 0.001",
-                                   techniques=RL_TECHNIQUES),
-    "clip_ratio": Hyperparameter(float, 0.0, 10.0, help="PPO-style ratio clipping epsilon, e.g. 0.2",
-                                 techniques=RL_TECHNIQUES),
-    "reward_failure_threshold": Hyperparameter(float, 0.0, 1.0, help="share of a step's rewards that may fail "
-                                               "before the job stops, e.g. 0.2", techniques=RL_TECHNIQUES),
-    "reward_timeout": Hyperparameter(float, 0.1, 3600.0, help="seconds one reward call may take, e.g. 10",
-                                     techniques=RL_TECHNIQUES),
+    Hyperparameter("max_prompt_length", int, 8, 1_048_576, "prompt tokens kept (left-truncated)", 1024,
+                   trl="GRPOConfig.max_prompt_length", **_RL),
+    Hyperparameter("max_response_length", int, 1, 1_048_576, "tokens generated per completion", 1024,
+                   trl="GRPOConfig.max_completion_length", **_RL),
+    Hyperparameter("num_generations", int, 2, 1024, "completions sampled per prompt (GRPO group size)", 8,
+                   trl="GRPOConfig.num_generations", **_RL),
+    Hyperparameter("temperature", float, 0.01, 10.0, "sampling temperature, e.g. 1.0", 1.0,
+                   trl="GRPOConfig.temperature", **_RL),
+    Hyperparameter("kl_loss_coef", float, 0.0, 100.0, "KL penalty to the starting model, e.g. 0.001", 0.001,
+                   flag="--kl-coef", trl="GRPOConfig.beta", **_RL),
+    Hyperparameter("clip_ratio", float, 0.0, 10.0, "PPO-style ratio clipping epsilon, e.g. 0.2", 0.2,
+                   trl="GRPOConfig.epsilon", **_RL),
+    Hyperparameter("reward_failure_threshold", float, 0.0, 1.0,
+                   "share of a step's rewards that may fail before the job stops, e.g. 0.2", 0.2, **_RL),
+    Hyperparameter("reward_timeout", float, 0.1, 3600.0, "seconds one reward call may take, e.g. 10", 10.0, **_RL),
+]
+HYPERPARAMETERS: dict[str, Hyperparameter] = {hp.name: hp for hp in _REGISTRY}
+
+
+def generic_defaults(technique: str, training_type: str) -> dict[str, Any]:
+    """The generic defaults of one technique and training type, from the registry: the values a
+    model outside the catalog gets, and the ones a catalog entry does not set."""
+    out = {}
+    for hp in HYPERPARAMETERS.values():
+        value = hp.default_for(technique, training_type) if hp.applies(technique, training_type) else None
+        if value is not None:
+            out[hp.name] = value
+    return out
+
+
+# The one defaults table: DEFAULTS[technique][training_type] -> {knob: value}.
+DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
+    t: {tt: generic_defaults(t, tt) for tt in TRAINING_TYPES} for t in TECHNIQUES
 }
+
+
+def resolve_hyperparameters(technique: str, training_type: str, model: dict[str, Any] | None = None,
+                            user: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Every knob's value for a job: the user's > the model's (its catalog entry) > the generic table."""
+    base = DEFAULTS.get(technique, {}).get(training_type) or generic_defaults(technique, training_type)
+    return {**base, **(model or {}), **(user or {})}
+
+
+def unknown_hyperparameter(name: str) -> ValidationError:
+    """The one message for a knob the registry does not know (CLI, SDK and API alike)."""
+    return ValidationError(f"Unknown hyperparameter {name!r}.",
+                           hint="Known hyperparameters: " + ", ".join(sorted(HYPERPARAMETERS)), param=name)
 
 
 def check_hyperparameters(values: dict[str, Any], training_type: str, technique: str | None = None) -> dict[str, Any]:
@@ -84,35 +168,28 @@ def check_hyperparameters(values: dict[str, Any], training_type: str, technique:
             continue
         hp = HYPERPARAMETERS.get(name)
         if hp is None:
+            raise unknown_hyperparameter(name)
+        if not hp.applies(None, training_type):
             raise ValidationError(
-                f"Unknown hyperparameter {name!r}.",
-                hint="Known hyperparameters: " + ", ".join(sorted(HYPERPARAMETERS)), param=name,
+                f"{hp.cli_flag} only applies when --training-type lora (this job is {training_type}).",
+                hint=f"Remove {hp.cli_flag}, or use --training-type lora.", param=name,
             )
-        if hp.lora_only and training_type != "lora":
-            flag = "--" + name.replace("_", "-")
-            raise ValidationError(
-                f"{flag} only applies when --training-type lora (this job is {training_type}).",
-                hint=f"Remove {flag}, or use --training-type lora.", param=name,
-            )
-        if technique and hp.techniques and technique not in hp.techniques:
-            flag = "--" + name.replace("_", "-")
+        if not hp.applies(technique, None):
             raise ValidationError(
                 f"{name} only applies to {' and '.join(hp.techniques)} jobs (this job is {technique}).",
-                hint=f"Remove {flag} (or {name} from the hyperparameters).", param=name,
+                hint=f"Remove {hp.cli_flag} (or {name} from the hyperparameters).", param=name,
             )
-        out[name] = hp.check(name, value)
+        out[name] = hp.check(value)
     return out
 
 
-@dataclass
-class JobSpec:
-    """Everything a job needs, resolved: the runner reads nothing else."""
+# ---- request and spec ---------------------------------------------------------------------------------
+@dataclass(frozen=True, kw_only=True)
+class _JobFields:
+    """The fields a request and its spec share, declared once."""
 
-    project: str
     technique: str
-    training_type: str
-    model: str                      # catalog id, built-in id, or absolute local folder
-    model_source: str               # "catalog" | "builtin" | "local"
+    training_type: str = "lora"
     dataset: str                    # the source as the user gave it
     hyperparameters: dict[str, Any] = field(default_factory=dict)   # user overrides only
     validation_dataset: str | None = None
@@ -125,21 +202,61 @@ class JobSpec:
     reward_prompt: str | None = None
     accept_eula: bool = False
     judge_model: str | None = None          # RLAIF judge: catalog/built-in id, folder, openai:MODEL@URL
-    reward_base_dir: str | None = None      # where relative reward paths and modules resolve (submit's cwd)
     mlflow_uri: str | None = None           # MLflow tracking URI (--mlflow-uri, else MLFLOW_TRACKING_URI at submit)
     mlflow_experiment: str | None = None    # default: tuneloop-<project>
     mlflow_run_name: str | None = None      # default: the job name
     allow_row_rewards: list[str] = field(default_factory=list)   # rewards rows may name besides the defaults
     unsafe_reward_sandbox: bool = False     # run user reward code without namespace isolation (--unsafe-reward-sandbox)
 
+
+@dataclass(frozen=True, kw_only=True)
+class TuneRequest(_JobFields):
+    """What an edge (CLI, SDK, API) asks for; `JobService.prepare` validates and resolves it."""
+
+    model: str | None = None                # default: the catalog's default model
+    project: str | None = None              # default: $TUNELOOP_PROJECT, else "default"
+    validation_split: float | None = None   # carve this share of the rows out as validation data
+    skip_reward_validation: bool = False    # RL: do not run the rewards on sample rows before submitting
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobSpec(_JobFields):
+    """Everything a job needs, resolved: the runner reads nothing else."""
+
+    project: str
+    model: str                      # catalog id, built-in id, or absolute local folder
+    model_source: str               # "catalog" | "builtin" | "local"
+    reward_base_dir: str | None = None      # where relative reward paths and modules resolve (submit's cwd)
+
+    @classmethod
+    def from_request(cls, req: TuneRequest, **resolved: Any) -> "JobSpec":
+        """The request's shared fields, with what `prepare` resolved (project, model, ...) on top."""
+        shared = {f.name: getattr(req, f.name) for f in fields(_JobFields)}
+        return cls(**(shared | resolved))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True)
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "JobSpec":
+        """Old jobs' stored specs load: keys this version does not know are ignored."""
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
     @property
     def group(self) -> str:
         return self.model_package_group or f"{self.project}-tune-models"
+
+
+def spec_record(spec: JobSpec, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The job's spec as it is saved (the job row, spec.json, the output's tuneloop_spec.json and
+    manifest): the spec plus what the job trained on (dataset version, hash, rows)."""
+    return spec.to_dict() | (extra or {})
+
+
+def spec_file(record: dict[str, Any]) -> str:
+    """The text of a spec file: the one format of spec.json and tuneloop_spec.json."""
+    return json.dumps(record, indent=2, sort_keys=True) + "\n"

@@ -29,7 +29,7 @@ from tuneloop.models.resolve import ModelLookups, ModelRef, resolve
 from tuneloop.models.shape import model_shape
 from tuneloop.service.models import check_generic, model_defaults, store_lookups
 from tuneloop.settings import Settings, resolve_project
-from tuneloop.spec import JobSpec, check_hyperparameters
+from tuneloop.spec import JobSpec, TuneRequest, check_hyperparameters, resolve_hyperparameters, spec_file, spec_record
 from tuneloop.store.repo import ACTIVE_STATES, Store, age_seconds
 from tuneloop.training.plan import Hardware, Plan, detect_hardware, make_plan
 
@@ -40,31 +40,7 @@ RESTART_GRACE_S = 45.0        # after a restart, give the new runner this long t
 RESTART_EVENT = "runner process is gone; restarting from the last checkpoint"
 
 
-@dataclass
-class TuneRequest:
-    technique: str
-    dataset: str
-    training_type: str = "lora"
-    model: str | None = None
-    project: str | None = None
-    hyperparameters: dict[str, Any] = field(default_factory=dict)
-    validation_dataset: str | None = None
-    column_map: str | None = None
-    no_transform: bool = False
-    take: int | None = None
-    output_uri: str | None = None
-    model_package_group: str | None = None
-    reward_function: str | None = None
-    reward_prompt: str | None = None
-    accept_eula: bool = False
-    validation_split: float | None = None   # carve this share of the rows out as validation data
-    judge_model: str | None = None          # RLAIF judge (default: the job's base model)
-    skip_reward_validation: bool = False    # RL: do not run the rewards on sample rows before submitting
-    allow_row_rewards: list[str] = field(default_factory=list)   # RL: rewards rows may name besides the defaults
-    unsafe_reward_sandbox: bool = False     # RL: run user reward code without namespace isolation
-    mlflow_uri: str | None = None           # else MLFLOW_TRACKING_URI; neither: tracking is off
-    mlflow_experiment: str | None = None
-    mlflow_run_name: str | None = None
+# TuneRequest (what the edges build) is declared in tuneloop.spec beside the JobSpec it resolves into.
 
 
 @dataclass
@@ -140,31 +116,27 @@ class JobService:
         if mlflow_uri is None and (req.mlflow_experiment or req.mlflow_run_name):
             raise ValidationError("--mlflow-experiment / --mlflow-run-name need an MLflow tracking server.",
                                   hint="Pass --mlflow-uri URI or set MLFLOW_TRACKING_URI.", param="mlflow_uri")
+        seed = resolve_hyperparameters(technique, training_type, model_defaults(model, technique, training_type),
+                                       overrides)["seed"]   # the planner's seed splits the validation rows too
         staging = self.settings.home / "staging" / uuid.uuid4().hex
         try:
-            staged, validation = self._stage(req, technique, staging, overrides)
+            staged, validation = self._stage(req, technique, staging, seed)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        spec = JobSpec(project=project, technique=technique, training_type=training_type, model=model.id,
-                       model_source=model.kind, dataset=req.dataset, hyperparameters=overrides,
-                       validation_dataset=req.validation_dataset, column_map=req.column_map,
-                       no_transform=req.no_transform, take=req.take, output_uri=req.output_uri,
-                       model_package_group=req.model_package_group, reward_function=req.reward_function,
-                       reward_prompt=req.reward_prompt, accept_eula=req.accept_eula,
-                       mlflow_uri=mlflow_uri,
-                       mlflow_experiment=req.mlflow_experiment, mlflow_run_name=req.mlflow_run_name,
-                       allow_row_rewards=list(req.allow_row_rewards), unsafe_reward_sandbox=req.unsafe_reward_sandbox)
+        judge = None
+        if rl:
+            judge = req.judge_model or (model.entry.id if model.entry else model.base if model.adapter else model.id)
+        spec = JobSpec.from_request(req, project=project, technique=technique, training_type=training_type,
+                                    model=model.id, model_source=model.kind, hyperparameters=overrides,
+                                    mlflow_uri=mlflow_uri, allow_row_rewards=list(req.allow_row_rewards),
+                                    judge_model=judge, reward_base_dir=str(Path.cwd()) if rl else None)
         from tuneloop.tracking import OFF_MESSAGE
 
         notes.append(f"ℹ️  MLflow tracking: experiment {req.mlflow_experiment or f'tuneloop-{project}'} at {mlflow_uri}"
                      if mlflow_uri else OFF_MESSAGE)
-        if rl:
-            spec.reward_base_dir = str(Path.cwd())
-            spec.judge_model = req.judge_model or (model.entry.id if model.entry else
-                                                   model.base if model.adapter else model.id)
-            if technique == "rlaif" and not req.judge_model:
-                notes.append(f"ℹ️  Judge: {spec.judge_model} (the base model; choose another with --judge-model)")
+        if technique == "rlaif" and not req.judge_model:
+            notes.append(f"ℹ️  Judge: {spec.judge_model} (the base model; choose another with --judge-model)")
         try:
             plan = self._plan(spec, model, staged)
             if rl:
@@ -180,7 +152,7 @@ class JobService:
                         validation, req.validation_split)
 
     def _stage(self, req: TuneRequest, technique: str, staging: Path,
-               overrides: dict[str, Any]) -> tuple[StageResult, StageResult | None]:
+               seed: int) -> tuple[StageResult, StageResult | None]:
         """Stage the training data (and validation data: a second source, or a deterministic
         --validation-split of the first) into `staging`; train.jsonl and validation.jsonl."""
         if req.validation_dataset and req.validation_split:
@@ -204,13 +176,13 @@ class JobService:
 
             full = staging / "all.jsonl"
             staged.path.rename(full)
-            train, validation = split_staged(full, 1.0 - req.validation_split, int(overrides.get("seed", 0)),
+            train, validation = split_staged(full, 1.0 - req.validation_split, seed,
                                              staging / "train.jsonl", staging / "validation.jsonl",
                                              staged.columns, staged.format)
             full.unlink()
             staged.path, staged.rows, staged.sha256 = train.path, train.rows, train.sha256
             staged.notes = staged.notes + [f"ℹ️  Validation split: {validation.rows} of {train.rows + validation.rows} "
-                                           f"rows held out (seed {int(overrides.get('seed', 0))})"]
+                                           f"rows held out (seed {seed})"]
         return staged, validation
 
     def _plan(self, spec: JobSpec, model: ModelRef, staged: StageResult) -> Plan:
@@ -350,8 +322,8 @@ class JobService:
         for f in staging.glob("*.jsonl"):
             shutil.move(str(f), job_dir / "data" / f.name)
         (job_dir / "plan.json").write_text(json.dumps(prep.plan.to_dict(), indent=2) + "\n")
-        spec_dict = json.loads(spec.to_json()) | _dataset_record(prep)
-        (job_dir / "spec.json").write_text(json.dumps(spec_dict, indent=2, sort_keys=True) + "\n")
+        spec_dict = spec_record(spec, _dataset_record(prep))
+        (job_dir / "spec.json").write_text(spec_file(spec_dict))
         row = dict(id=name, project=spec.project, technique=spec.technique, training_type=spec.training_type,
                    model=spec.model, dataset=spec.dataset, spec=spec_dict,
                    plan=prep.plan.to_dict(), job_dir=str(job_dir), dataset_sha256=prep.staged.sha256,
@@ -390,7 +362,7 @@ class JobService:
         spec = asdict(req) | {"project": project, "technique": technique,
                               "output": req.output or str(job_dir / "output"), "dataset_rows": rows,
                               "base_dir": str(Path.cwd())}
-        (job_dir / "spec.json").write_text(json.dumps(spec, indent=2, sort_keys=True) + "\n")
+        (job_dir / "spec.json").write_text(spec_file(spec))
         row = dict(id=name, project=project, technique="eval", training_type=technique, model=req.model,
                    dataset=req.dataset, spec=spec, plan=None, job_dir=str(job_dir), dataset_rows=rows,
                    total_steps=0, active_key=None)

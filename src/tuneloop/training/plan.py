@@ -21,6 +21,7 @@ from typing import Any
 
 from tuneloop.catalog import RL_TECHNIQUES
 from tuneloop.errors import ValidationError
+from tuneloop.spec import resolve_hyperparameters
 
 
 @dataclass(frozen=True)
@@ -162,16 +163,17 @@ def estimate_time_s(shape: ModelShape, technique: str, lora: bool, tokens: float
 
 def make_plan(*, technique: str, training_type: str, shape: ModelShape, data: DataStats, hw: Hardware,
               defaults: dict[str, Any], overrides: dict[str, Any]) -> Plan:
-    """Resolve hyperparameters (user > model default) and lay them out on the hardware."""
-    hp = {**defaults, **overrides}
+    """Resolve hyperparameters (user > the model's `defaults` > the generic table of
+    tuneloop.spec) and lay them out on the hardware."""
+    hp = resolve_hyperparameters(technique, training_type, model=defaults, user=overrides)
     if technique in RL_TECHNIQUES:
         return make_rl_plan(technique=technique, training_type=training_type, shape=shape, data=data, hw=hw, hp=hp,
                             given=set(overrides))
     lora = training_type == "lora"
-    max_len = int(hp.get("dataset_max_len", 1024))
+    max_len = int(hp["dataset_max_len"])
     seq = min(max_len, max(8, data.max_tokens))
-    global_batch = int(hp.get("global_batch_size", 8))
-    epochs = int(hp.get("max_epochs", 1))
+    global_batch = int(hp["global_batch_size"])
+    epochs = int(hp["max_epochs"])
     notes: list[str] = []
 
     precision = "fp32" if hw.device == "cpu" else ("bf16" if hw.bf16 else "fp16")
@@ -205,18 +207,17 @@ def make_plan(*, technique: str, training_type: str, shape: ModelShape, data: Da
     total = int(hp.get("max_steps") or steps_per_epoch * epochs)
     save_steps = int(hp.get("save_steps") or max(10, math.ceil(total / 5)))
     tokens = data.mean_tokens * data.rows * epochs if not hp.get("max_steps") else data.mean_tokens * effective * total
-    lr_key = "learning_rate"
     return Plan(
         device=hw.device, precision=precision, world_size=world, per_device_batch=per_device,
         grad_accum=grad_accum, global_batch=effective, gradient_checkpointing=checkpointing, epochs=epochs,
         steps_per_epoch=steps_per_epoch, total_steps=total, save_steps=save_steps,
         logging_steps=1 if total <= 200 else max(1, total // 100),
-        learning_rate=float(hp[lr_key]), warmup_steps=int(hp.get("warmup_steps", 0)),
-        weight_decay=float(hp.get("weight_decay", 0.0)), max_length=max_len,
-        lora_rank=int(hp.get("lora_rank", 16)) if lora else None,
-        lora_alpha=int(hp.get("lora_alpha", 32)) if lora else None,
-        beta=float(hp.get("beta", 0.1)) if technique == "dpo" else None,
-        seed=int(hp.get("seed", 42)), threads=hw.cpu_cores if hw.device == "cpu" else 0,
+        learning_rate=float(hp["learning_rate"]), warmup_steps=int(hp["warmup_steps"]),
+        weight_decay=float(hp["weight_decay"]), max_length=max_len,
+        lora_rank=int(hp["lora_rank"]) if lora else None,
+        lora_alpha=int(hp["lora_alpha"]) if lora else None,
+        beta=float(hp["beta"]) if technique == "dpo" else None,
+        seed=int(hp["seed"]), threads=hw.cpu_cores if hw.device == "cpu" else 0,
         # TRL's SFT data carries input_ids, which the length-grouped sampler reads; mixed lengths only
         group_by_length=technique == "sft" and data.max_tokens > 1.5 * data.mean_tokens and data.rows >= 4 * per_device,
         est_peak_memory_gb=round(estimate_memory_gb(shape, technique, lora, per_device, seq, precision,
@@ -227,8 +228,6 @@ def make_plan(*, technique: str, training_type: str, shape: ModelShape, data: Da
 
 
 # ---- RL (GRPO) ---------------------------------------------------------------------------------------
-RL_DEFAULTS = {"num_generations": 8, "max_prompt_length": 1024, "max_response_length": 1024, "temperature": 1.0,
-               "kl_loss_coef": 0.001, "clip_ratio": 0.2, "reward_failure_threshold": 0.2, "reward_timeout": 10.0}
 
 
 def make_rl_plan(*, technique: str, training_type: str, shape: ModelShape, data: DataStats, hw: Hardware,
@@ -241,8 +240,8 @@ def make_rl_plan(*, technique: str, training_type: str, shape: ModelShape, data:
     max_response_length was not given (room to answer, not to ramble). On a CPU the
     micro-batch follows the token budget (never below one group); on a GPU it is as large as the
     memory estimate allows. Full-rank with a KL penalty keeps a frozen reference copy (counted);
-    LoRA's reference is the model with its adapter switched off (free)."""
-    hp = {**RL_DEFAULTS, **hp}
+    LoRA's reference is the model with its adapter switched off (free). `hp` is resolved: every
+    knob has its value (make_plan's resolve_hyperparameters)."""
     lora = training_type == "lora"
     notes: list[str] = []
     gens = int(hp["num_generations"])
@@ -255,12 +254,12 @@ def make_rl_plan(*, technique: str, training_type: str, shape: ModelShape, data:
                          f"({data.reference_tokens} tokens) + 16 (set --max-response-length to change it)")
         response_len = planned
     seq = prompt_len + response_len
-    epochs = int(hp.get("max_epochs", 1))
+    epochs = int(hp["max_epochs"])
     kl = float(hp["kl_loss_coef"])
     precision = "fp32" if hw.device == "cpu" else ("bf16" if hw.bf16 else "fp16")
     world = hw.count if hw.device == "cuda" else 1
     budget = hw.memory_gb * (0.85 if hw.device == "cuda" else 0.6)
-    requested = int(hp.get("global_batch_size", 8 * gens))
+    requested = int(hp["global_batch_size"])
     unit = gens * world                   # every device holds whole groups
     global_batch = max(unit, math.ceil(requested / unit) * unit)
     if global_batch != requested:
@@ -311,11 +310,11 @@ def make_rl_plan(*, technique: str, training_type: str, shape: ModelShape, data:
         grad_accum=grad_accum, global_batch=effective, gradient_checkpointing=checkpointing, epochs=epochs,
         steps_per_epoch=steps_per_epoch, total_steps=total, save_steps=save_steps,
         logging_steps=1 if total <= 200 else max(1, total // 100),
-        learning_rate=float(hp["learning_rate"]), warmup_steps=int(hp.get("warmup_steps", 0)),
-        weight_decay=float(hp.get("weight_decay", 0.0)), max_length=seq,
-        lora_rank=int(hp.get("lora_rank", 16)) if lora else None,
-        lora_alpha=int(hp.get("lora_alpha", 32)) if lora else None, beta=None,
-        seed=int(hp.get("seed", 42)), threads=hw.cpu_cores if hw.device == "cpu" else 0,
+        learning_rate=float(hp["learning_rate"]), warmup_steps=int(hp["warmup_steps"]),
+        weight_decay=float(hp["weight_decay"]), max_length=seq,
+        lora_rank=int(hp["lora_rank"]) if lora else None,
+        lora_alpha=int(hp["lora_alpha"]) if lora else None, beta=None,
+        seed=int(hp["seed"]), threads=hw.cpu_cores if hw.device == "cpu" else 0,
         est_peak_memory_gb=round(memory(per_device, checkpointing), 3), est_time_s=round(est, 1), notes=notes,
         num_generations=gens, max_prompt_length=prompt_len, max_response_length=response_len,
         temperature=float(hp["temperature"]), kl_coef=kl, clip_ratio=float(hp["clip_ratio"]),
