@@ -101,6 +101,10 @@ class TrainingJob:
 
 
 class _Trainer:
+    """Hyperparameters go in `hyperparameters={...}` or as keyword arguments named after
+    tuneloop.spec's registry (`SFTTrainer(learning_rate=1e-3)`); both are checked against it here,
+    with the messages the CLI gives."""
+
     technique: CustomizationTechnique
 
     def __init__(self, model: str | None = None, training_type: TrainingType | str = TrainingType.LORA,
@@ -110,6 +114,7 @@ class _Trainer:
                  column_map: str | None = None, output_path: str | None = None, mlflow_uri: str | None = None,
                  mlflow_experiment_name: str | None = None, mlflow_run_name: str | None = None, **kwargs: Any):
         from tuneloop.errors import ValidationError
+        from tuneloop.spec import HYPERPARAMETERS, check_hyperparameters
 
         model_package_group = model_package_group or kwargs.pop("model_package_group_name", None)
         output_path = output_path or kwargs.pop("s3_output_path", None)
@@ -117,11 +122,14 @@ class _Trainer:
         self.mlflow_uri = mlflow_uri or kwargs.pop("mlflow_resource_arn", None)
         self.mlflow_experiment_name = mlflow_experiment_name or kwargs.pop("mlflow_experiment", None)
         self.mlflow_run_name = mlflow_run_name
+        knobs = {k: kwargs.pop(k) for k in list(kwargs) if k in HYPERPARAMETERS}
+        hyperparameters = {**(hyperparameters or {}), **knobs}
+        self.training_type = TrainingType(training_type).value
+        check_hyperparameters(hyperparameters, self.training_type, self.technique.value)
         if kwargs:
             raise ValidationError(f"Unknown argument(s) for {type(self).__name__}: {', '.join(sorted(kwargs))}.",
                                   param=next(iter(kwargs)))
         self.model = model
-        self.training_type = TrainingType(training_type).value
         self.model_package_group = model_package_group
         self.training_dataset = training_dataset
         self.validation_dataset = validation_dataset
@@ -130,6 +138,13 @@ class _Trainer:
         self.accept_eula = accept_eula
         self.column_map = column_map
         self.output_path = output_path
+
+    @classmethod
+    def hyperparameter_names(cls) -> list[str]:
+        """The knobs this trainer takes (for its technique), in the registry's order."""
+        from tuneloop.spec import HYPERPARAMETERS
+
+        return [n for n, hp in HYPERPARAMETERS.items() if hp.applies(cls.technique.value, None)]
 
     def train(self, training_dataset: str | None = None, validation_dataset: str | None = None,
               wait: bool = True, force: bool = False) -> TrainingJob:

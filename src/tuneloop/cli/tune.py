@@ -1,14 +1,18 @@
-"""tuneloop tune --technique sft --dataset train.jsonl [options]: the do/tune command."""
+"""tuneloop tune --technique sft --dataset train.jsonl [options]: the do/tune command. Its
+hyperparameter options (--epochs, --kl-coef, ...) are generated from tuneloop.spec's registry."""
 
 from __future__ import annotations
 
+import inspect
 import sys
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import typer
 
+from tuneloop.catalog import RL_TECHNIQUES
 from tuneloop.cli.common import handle_errors, print_json, public_job, service
 from tuneloop.errors import ValidationError
+from tuneloop.spec import HYPERPARAMETERS, Hyperparameter
 
 
 @handle_errors
@@ -21,14 +25,7 @@ def tune(
                                         "[default: the catalog default, tuneloop/tiny-qwen3]."),
     project: Optional[str] = typer.Option(None, "--project", envvar="TUNELOOP_PROJECT",
                                           help="Project the job and its state belong to [default: default]."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="max_epochs"),
-    learning_rate: Optional[float] = typer.Option(None, "--learning-rate", help="learning_rate"),
-    max_seq_length: Optional[int] = typer.Option(None, "--max-seq-length", help="dataset_max_len (tokens)"),
-    lora_rank: Optional[int] = typer.Option(None, "--lora-rank", help="lora_rank (lora only)"),
-    lora_alpha: Optional[int] = typer.Option(None, "--lora-alpha", help="lora_alpha (lora only)"),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="global_batch_size"),
-    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="max_steps (overrides epochs)"),
-    save_steps: Optional[int] = typer.Option(None, "--save-steps", help="checkpoint every N steps"),
+    # here: the registry's hyperparameters that are not RL-only (see _SIGNATURE below)
     reward_function: Optional[str] = typer.Option(None, "--reward-function", help="RLVR reward: builtin:NAME, "
                                                   "file.py:FUNC, module:FUNC, http(s)://URL, grader JSON, or an "
                                                   "evaluator NAME[@vN]. A row's reward_model column may override it "
@@ -38,14 +35,7 @@ def tune(
                                                 "a template file, inline text, or an evaluator NAME[@vN]."),
     judge_model: Optional[str] = typer.Option(None, "--judge-model", help="RLAIF judge: catalog id, built-in, "
                                               "model folder, or openai:MODEL@BASE_URL [default: the base model]."),
-    max_prompt_length: Optional[int] = typer.Option(None, "--max-prompt-length", help="max_prompt_length (RL)"),
-    max_response_length: Optional[int] = typer.Option(None, "--max-response-length",
-                                                      help="max_response_length (RL): tokens per completion"),
-    num_generations: Optional[int] = typer.Option(None, "--num-generations",
-                                                  help="num_generations (RL): completions per prompt"),
-    temperature: Optional[float] = typer.Option(None, "--temperature", help="temperature (RL): sampling"),
-    kl_coef: Optional[float] = typer.Option(None, "--kl-coef", help="kl_loss_coef (RL): KL penalty"),
-    clip_ratio: Optional[float] = typer.Option(None, "--clip-ratio", help="clip_ratio (RL): ratio clipping"),
+    # here: the registry's RL hyperparameters
     skip_reward_validation: bool = typer.Option(False, "--skip-reward-validation",
                                                 help="RL: do not run the rewards on sample rows before submitting."),
     allow_row_rewards: Optional[List[str]] = typer.Option(None, "--allow-row-rewards", help="RL: a reward (file, "
@@ -72,6 +62,7 @@ def tune(
     list_models: bool = typer.Option(False, "--list-models", help="Print the supported model catalog and exit."),
     accept_eula: bool = typer.Option(False, "--accept-eula", help="Accept the licence of a gated model."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    **hyperparameters: Any,
 ) -> None:
     """Fine-tune a model: validate, stage, plan, train, register (idempotent per technique)."""
     if list_models:
@@ -96,11 +87,7 @@ def tune(
     svc = service()
     req = TuneRequest(
         technique=technique, dataset=dataset, training_type=training_type, model=model, project=project,
-        hyperparameters=dict(max_epochs=epochs, learning_rate=learning_rate, dataset_max_len=max_seq_length,
-                             lora_rank=lora_rank, lora_alpha=lora_alpha, global_batch_size=batch_size,
-                             max_steps=max_steps, save_steps=save_steps, max_prompt_length=max_prompt_length,
-                             max_response_length=max_response_length, num_generations=num_generations,
-                             temperature=temperature, kl_loss_coef=kl_coef, clip_ratio=clip_ratio),
+        hyperparameters=hyperparameters,
         validation_dataset=validation_dataset, validation_split=validation_split, column_map=column_map,
         no_transform=no_transform, take=take,
         output_uri=output_bucket, reward_function=reward_function, reward_prompt=reward_prompt,
@@ -137,10 +124,40 @@ def tune(
     render_result(svc, job)
 
 
+def knob_help(hp: Hyperparameter) -> str:
+    """A hyperparameter option's help: its registry name, where it applies, what it does."""
+    return hp.name + (f" ({hp.scope})" if hp.scope else "") + f": {hp.help}"
+
+
+def knob_options(rl: bool) -> list[inspect.Parameter]:
+    """One typer option per registry hyperparameter (RL-only ones, or the others), in registry order."""
+    return [inspect.Parameter(hp.name, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[hp.type],
+                              default=typer.Option(None, hp.cli_flag, help=knob_help(hp)))
+            for hp in HYPERPARAMETERS.values() if (hp.techniques == RL_TECHNIQUES) == rl]
+
+
+def _signature(fn) -> inspect.Signature:
+    """tune's own options with the registry's spliced in: general ones after --project, RL ones
+    after --judge-model (typer reads this signature to build the command)."""
+    params = []
+    for p in inspect.signature(fn).parameters.values():
+        if p.kind is inspect.Parameter.VAR_KEYWORD:
+            continue
+        params.append(p.replace(kind=inspect.Parameter.KEYWORD_ONLY))
+        if p.name == "project":
+            params += knob_options(rl=False)
+        elif p.name == "judge_model":
+            params += knob_options(rl=True)
+    return inspect.Signature(params, return_annotation=None)
+
+
+tune.__signature__ = _signature(tune)
+
+
 def _render_dry_run(prep, as_json: bool) -> None:
     plan = prep.plan.to_dict()
     if as_json:
-        print_json({"outcome": "dry_run", "spec": prep.spec.__dict__, "plan": plan,
+        print_json({"outcome": "dry_run", "spec": prep.spec.to_dict(), "plan": plan,
                     "dataset": prep.staged.to_dict() | {"path": None}})
         return
     print("Dry run: nothing was created.\n\nJob spec:")
