@@ -27,13 +27,14 @@ class CustomizationTechnique(str, Enum):
     RLAIF = "rlaif"
 
 
-def _service():
-    from tuneloop.service.jobs import JobService
-    from tuneloop.settings import load_settings
-    from tuneloop.store import open_store
+def _services():
+    from tuneloop.service.app import open_services
 
-    settings = load_settings()
-    return JobService(open_store(settings.database_url), settings)
+    return open_services()
+
+
+def _service():
+    return _services().jobs
 
 
 def list_supported_models() -> list[dict[str, Any]]:
@@ -212,12 +213,7 @@ class DataSet:
 
     @staticmethod
     def _assets():
-        from tuneloop.data.assets import DatasetAssets
-        from tuneloop.settings import load_settings
-        from tuneloop.store import open_store
-
-        settings = load_settings()
-        return DatasetAssets(open_store(settings.database_url), settings)
+        return _services().datasets
 
     @classmethod
     def create(cls, name: str, source: str, customization_technique: CustomizationTechnique | str | None = None,
@@ -321,9 +317,7 @@ class Evaluator:
 
     @staticmethod
     def _service():
-        from tuneloop.evaluators import EvaluatorService
-
-        return EvaluatorService.default()
+        return _services().evaluators
 
     @classmethod
     def create(cls, name: str, type: EvaluatorType | str | None = None, source: str | None = None,
@@ -460,7 +454,9 @@ class _Evaluation:
         req = EvalRequest(model=self.model, dataset=self.dataset, compare_base=self.evaluate_base_model,
                           output=self.output, project=self.project, max_new_tokens=self.max_new_tokens,
                           samples=self.samples, **kwargs)
-        return EvaluationResult(evaluate(req, lookups=_service().model_lookups()))
+        services = _services()
+        return EvaluationResult(evaluate(req, lookups=services.jobs.model_lookups(),
+                                         dataset_lookup=services.dataset_lookup()))
 
 
 class CustomScorerEvaluator(_Evaluation):

@@ -311,13 +311,11 @@ def test_a_failure_in_a_parallel_worker_leaves_no_partial(tmp_path, monkeypatch)
 
 
 def test_registering_a_dataset_that_fails_leaves_no_version_folder(home, tmp_path, monkeypatch):
-    import tuneloop.data.assets as assets_mod
-    from tuneloop.data.assets import DatasetAssets
-    from tuneloop.settings import load_settings
-    from tuneloop.store import open_store
+    import tuneloop.service.datasets as assets_mod
+    from tuneloop.service.app import open_services
 
-    settings = load_settings()
-    assets = DatasetAssets(open_store(settings.database_url), settings)
+    services = open_services()
+    settings, assets = services.settings, services.datasets
     monkeypatch.setenv("TUNELOOP_MAX_DATASET_ROWS", "3")
     with pytest.raises(DatasetError):
         assets.create("capitals", str(DEMO_DATA / "sft.jsonl"), "sft")

@@ -12,12 +12,9 @@ from tuneloop.errors import NotFoundError, ValidationError
 
 @pytest.fixture
 def assets(home):
-    from tuneloop.data.assets import DatasetAssets
-    from tuneloop.settings import load_settings
-    from tuneloop.store import open_store
+    from tuneloop.service.app import open_services
 
-    settings = load_settings()
-    return DatasetAssets(open_store(settings.database_url), settings)
+    return open_services().datasets
 
 
 def test_identical_content_adds_no_version(assets, home, tmp_path):
@@ -107,14 +104,12 @@ def test_migration_from_version_1_adds_the_dataset_tables(tmp_path):
 
 
 def test_a_job_records_the_dataset_version_and_a_validation_split(home):
-    from tuneloop.data.assets import DatasetAssets
-    from tuneloop.service.jobs import JobService, TuneRequest
-    from tuneloop.settings import load_settings
-    from tuneloop.store import open_store
+    from tuneloop.service.app import open_services
+    from tuneloop.service.jobs import TuneRequest
 
-    settings = load_settings()
-    svc = JobService(open_store(settings.database_url), settings)
-    DatasetAssets(svc.store, settings).create("jobdata", str(DEMO_DATA / "sft.jsonl"), "sft")
+    services = open_services()
+    svc = services.jobs
+    services.datasets.create("jobdata", str(DEMO_DATA / "sft.jsonl"), "sft")
     prep = svc.prepare(TuneRequest(technique="sft", dataset="jobdata", validation_split=0.25,
                                    hyperparameters={"seed": 3}))
     job = svc.submit(prep, launch=False).job

@@ -20,21 +20,21 @@ def console():
     return Console() if sys.stdout.isatty() else Console(width=200)
 
 
+def services():
+    """The store and the services over it (tuneloop.service.app), each built on first use."""
+    from tuneloop.service.app import open_services
+
+    return open_services()
+
+
 def store():
     """The store alone, for read-only commands (status, config, registry): no service imports."""
-    from tuneloop.settings import load_settings
-    from tuneloop.store import open_store
-
-    return open_store(load_settings().database_url)
+    return services().store
 
 
 def service():
-    from tuneloop.service.jobs import JobService
-    from tuneloop.settings import load_settings
-    from tuneloop.store import open_store
-
-    settings = load_settings()
-    return JobService(open_store(settings.database_url), settings)
+    """The job service (tune, status, logs, cancel, eval)."""
+    return services().jobs
 
 
 def handle_errors(fn: Callable) -> Callable:

@@ -20,12 +20,9 @@ app = typer.Typer(help="Validate, stage and register datasets (named, versioned 
 
 
 def _assets():
-    from tuneloop.data.assets import DatasetAssets
-    from tuneloop.settings import load_settings
-    from tuneloop.store import open_store
+    from tuneloop.cli.common import services
 
-    settings = load_settings()
-    return DatasetAssets(open_store(settings.database_url), settings)
+    return services().datasets
 
 
 def _technique(technique: str) -> str:
@@ -107,10 +104,11 @@ def stage(
     """Validate every record of a dataset and write canonical JSONL (the pipeline `tune` uses)."""
     from tuneloop.data.limits import shell_arg
     from tuneloop.data.stage import stage_dataset
+    from tuneloop.service.app import registered_dataset_lookup
 
     t = _technique(technique)
     staged = stage_dataset(dataset, t, output, column_map=column_map, no_transform=no_transform, take=take,
-                           reward_model=_reward(t, reward_function, reward_prompt),
+                           reward_model=_reward(t, reward_function, reward_prompt), lookup=registered_dataset_lookup(),
                            command=f"tuneloop datasets stage --technique {t} --output {shell_arg(str(output))}")
     if model:
         staged.lengths = _lengths(staged, t, model, max_seq_length)

@@ -27,12 +27,10 @@ FROM_TUNE = typer.Option(False, "--from-tune", help="Use a tune job's output: RE
 
 
 def deployments(project: Optional[str], api_key: Optional[str] = None):
-    from tuneloop.cli.common import service
-    from tuneloop.serving.deployments import DeploymentService
+    from tuneloop.cli.common import services
     from tuneloop.settings import resolve_project
 
-    svc = service()
-    return DeploymentService(svc.store, svc.settings, resolve_project(project), api_key=api_key)
+    return services().deployments(resolve_project(project), api_key=api_key)
 
 
 def _render(change, verb: str, as_json: bool) -> None:

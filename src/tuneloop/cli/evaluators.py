@@ -20,9 +20,9 @@ app = typer.Typer(help="Reward functions and reward prompts: register, version, 
 
 
 def _service():
-    from tuneloop.evaluators import EvaluatorService
+    from tuneloop.cli.common import services
 
-    return EvaluatorService.default()
+    return services().evaluators
 
 
 def _public(row: dict[str, Any]) -> dict[str, Any]:

@@ -68,27 +68,17 @@ class StageResult:
                 "notes": self.notes, "warnings": self.warnings, "lengths": self.lengths}
 
 
-def default_lookup(ref: str) -> dict[str, Any] | None:
-    """Resolve a registered dataset `name[@vN]` in the default store (TUNELOOP_HOME)."""
-    from tuneloop.settings import load_settings
-    from tuneloop.store import open_store
-
-    url = load_settings().database_url
-    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).exists():
-        return None  # no database yet, so no registered datasets (and none is created here)
-    return open_store(url).get_dataset_version(ref)
-
-
 def stage_dataset(source: str, technique: str, output: Path, *, column_map: str | None = None,
                   no_transform: bool = False, take: int | None = None, reward_model: str | None = None,
-                  lookup: Callable[[str], Any] | None = default_lookup, command: str | None = None,
+                  lookup: Callable[[str], Any] | None = None, command: str | None = None,
                   max_line_bytes: int | None = None,
                   reward_check: Callable[[str], str | None] | None = None) -> StageResult:
     """Validate the whole source and write canonical JSONL to `output` (atomically: a
     `.partial` file renamed at the end, removed on any failure, Ctrl-C included). The source is
     read within `limits.current()`; `max_line_bytes` overrides the record limit.
 
-    `lookup` resolves registered dataset names (None: names are not looked up); `command` is the
+    `lookup` resolves registered dataset names (the service layer passes the store's; None: names
+    are not looked up); `command` is the
     command line that hints repeat (default `tuneloop tune --technique T`); `reward_model` fills
     RL rows that have no reward_model column (from --reward-function / --reward-prompt);
     `reward_check` refuses the rows whose own reward_model it does not allow (with their line)."""

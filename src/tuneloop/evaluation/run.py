@@ -21,12 +21,14 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from tuneloop.data.staged import read_rows
 from tuneloop.errors import ValidationError
 from tuneloop.models.resolve import ModelLookups, ModelRef, resolve
 from tuneloop.rewards.base import Score
+
+DatasetLookup = Callable[[str], Any]   # a registered dataset name -> its row (the store's, passed in)
 
 TECHNIQUES = ("sft", "dpo", "rlvr")
 
@@ -53,7 +55,8 @@ def resolve_eval_model(ref: str, project: str | None = None, lookups: ModelLooku
     return resolve(ref, use="eval", project=project, lookups=lookups)
 
 
-def _stage(req: EvalRequest, work: Path) -> tuple[str, list[dict[str, Any]]]:
+def _stage(req: EvalRequest, work: Path, dataset_lookup: DatasetLookup | None = None
+           ) -> tuple[str, list[dict[str, Any]]]:
     from tuneloop.data.stage import stage_dataset
     from tuneloop.rewards.policy import RowRewardPolicy
 
@@ -65,7 +68,7 @@ def _stage(req: EvalRequest, work: Path) -> tuple[str, list[dict[str, Any]]]:
                                   param="technique")
         try:
             staged = stage_dataset(req.dataset, technique, work / f"{technique}.jsonl", column_map=req.column_map,
-                                   take=req.samples, command="tuneloop eval",
+                                   take=req.samples, command="tuneloop eval", lookup=dataset_lookup,
                                    reward_model=req.evaluators[0] if technique == "rlvr" and req.evaluators else None,
                                    reward_check=RowRewardPolicy.for_job(flags=req.evaluators)
                                    if technique == "rlvr" else None)
@@ -182,12 +185,14 @@ def _win_rate(judge, rows, model_answers, base_answers) -> dict[str, float]:
             "pairwise_judged": float(len(wins)), "pairwise_undecided": float(undecided)}
 
 
-def check_request(req: EvalRequest, lookups: ModelLookups | None = None) -> tuple[str, int]:
+def check_request(req: EvalRequest, lookups: ModelLookups | None = None,
+                  dataset_lookup: DatasetLookup | None = None) -> tuple[str, int]:
     """Validate before any job exists: the model reference resolves and the data stages.
-    Returns (technique, rows)."""
+    Returns (technique, rows). `dataset_lookup` (the service layer's) resolves registered dataset
+    names; without it only files and URLs stage."""
     resolve_eval_model(req.model, req.project, lookups)
     with tempfile.TemporaryDirectory() as tmp:
-        technique, rows = _stage(req, Path(tmp))
+        technique, rows = _stage(req, Path(tmp), dataset_lookup)
     if not rows:
         raise ValidationError(f"{req.dataset} has no rows to evaluate.", param="dataset")
     _check_evaluators(technique, req, rows)
@@ -202,7 +207,7 @@ def _check_evaluators(technique: str, req: EvalRequest, rows: list[dict[str, Any
 
 
 def evaluate(req: EvalRequest, on_progress=None, base_dir: str | None = None,
-             lookups: ModelLookups | None = None) -> dict[str, Any]:
+             lookups: ModelLookups | None = None, dataset_lookup: DatasetLookup | None = None) -> dict[str, Any]:
     from tuneloop.evaluation.quick import generate, load_for_eval
     from tuneloop.settings import load_settings, resolve_project
 
@@ -218,7 +223,7 @@ def evaluate(req: EvalRequest, on_progress=None, base_dir: str | None = None,
     target = resolve_eval_model(req.model, req.project, lookups)
     base_path = target.load_path()
     with tempfile.TemporaryDirectory() as tmp:
-        technique, rows = _stage(req, Path(tmp))
+        technique, rows = _stage(req, Path(tmp), dataset_lookup)
     if not rows:
         raise ValidationError(f"{req.dataset} has no rows to evaluate.", param="dataset")
     _check_evaluators(technique, req, rows)

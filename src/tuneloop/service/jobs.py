@@ -351,7 +351,7 @@ class JobService:
         from tuneloop.evaluation.run import check_request
 
         project = resolve_project(req.project)
-        technique, rows = check_request(req, self.model_lookups())
+        technique, rows = check_request(req, self.model_lookups(), self.store.get_dataset_version)
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         name, n = f"{project}-eval-{stamp}", 1
         while self.store.get_job(name) is not None:

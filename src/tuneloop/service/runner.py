@@ -116,7 +116,7 @@ def _evaluate(store: Store, job: dict[str, Any]) -> str:
     store.add_event(job_id, f"evaluation started: {req.model} on {req.dataset}")
     try:
         result = evaluate(req, on_progress=progress, base_dir=spec.get("base_dir"),
-                          lookups=store_lookups(store))
+                          lookups=store_lookups(store), dataset_lookup=store.get_dataset_version)
     except _Cancelled:
         _finish(store, job_id, state="cancelled", error="cancelled by user")
         store.add_event(job_id, "job cancelled", level="warn")

@@ -1,4 +1,4 @@
-"""Dataset assets: named, versioned, staged datasets (SageMaker V3's DataSet, self-hosted).
+"""The dataset service: named, versioned, staged datasets (SageMaker V3's DataSet, self-hosted).
 
 A version is the canonical JSONL that `stage_dataset` writes, stored under
 `$TUNELOOP_HOME/datasets/<name>/v<N>/data.jsonl` and keyed by its sha256: staging identical
@@ -6,9 +6,9 @@ content again adds no version. `name` means the latest version, `name@vN` one ve
 wherever a dataset source is accepted (`tuneloop tune --dataset name@v2`), and a job records the
 exact `name@vN` and sha256 it trained on.
 
-    assets = DatasetAssets(store, settings)
-    row, created = assets.create("support-sft", "data/train.jsonl", "sft")
-    train, validation = assets.split("support-sft", ratio=0.9, seed=0)
+    datasets = open_services().datasets         # DatasetService(store, settings)
+    row, created = datasets.create("support-sft", "data/train.jsonl", "sft")
+    train, validation = datasets.split("support-sft", ratio=0.9, seed=0)
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def check_name(name: str) -> str:
     return name
 
 
-class DatasetAssets:
+class DatasetService:
     def __init__(self, store: Any, settings: Any):
         self.store = store
         self.root = Path(settings.home) / "datasets"

@@ -2,7 +2,7 @@
 verify any reward on sample rows of a dataset. The CLI (`tuneloop evaluators ...`) and the SDK
 (`Evaluator`) call this; nothing here prints.
 
-    svc = EvaluatorService.default()
+    svc = open_services().evaluators           # EvaluatorService(store, settings)
     row, added = svc.create("colour-match", "rewards.py:score", type="reward-function")
     result = svc.verify("colour-match", "data/train.jsonl", samples=8)
     result.ok, result.reports[0].results[0].score.value
@@ -42,14 +42,6 @@ class EvaluatorService:
     def __init__(self, store, settings):
         self.store, self.settings = store, settings
         self.assets = EvaluatorAssets(store, settings)
-
-    @classmethod
-    def default(cls) -> "EvaluatorService":
-        from tuneloop.settings import load_settings
-        from tuneloop.store import open_store
-
-        settings = load_settings()
-        return cls(open_store(settings.database_url), settings)
 
     def create(self, name: str, source: str, type: str | None = None, description: str | None = None):
         return self.assets.create(name, type, source, description)
