@@ -504,41 +504,7 @@ class BenchMarkEvaluator(_Evaluation):
         self.benchmark = str(getattr(benchmark, "value", benchmark)).lower()
 
     def evaluate(self) -> EvaluationResult:
-        import importlib.util
+        from tuneloop.evaluation.benchmark import run_benchmark
 
-        from tuneloop.errors import ValidationError
-
-        if importlib.util.find_spec("lm_eval") is None:
-            raise ValidationError(
-                f"Benchmark {self.benchmark!r} needs EleutherAI's lm-eval, which is not installed with tuneloop.",
-                hint="pip install lm-eval (its benchmarks also download their data from the Hugging Face Hub). "
-                     "Without them, evaluate on your own data: tuneloop eval --model ... --dataset ...",
-                param="benchmark")
-        import json
-        import os
-        import time
-        from pathlib import Path
-
-        from tuneloop.evaluation.run import resolve_eval_model
-        from tuneloop.settings import load_settings, resolve_project
-
-        if os.environ.get("HF_HUB_OFFLINE") == "1":
-            raise ValidationError(f"Benchmark {self.benchmark!r} downloads its data from the Hugging Face Hub, "
-                                  "and HF_HUB_OFFLINE=1 is set.", hint="Unset HF_HUB_OFFLINE on a machine with "
-                                  "network access (or pre-fill the datasets cache).", param="benchmark")
-        import lm_eval
-
-        target = resolve_eval_model(self.model, self.project, _service().model_lookups())
-        args = f"pretrained={target.load_path()}" + (f",peft={target.adapter}" if target.adapter else "")
-        raw = lm_eval.simple_evaluate(model="hf", model_args=args, tasks=[self.benchmark], limit=self.samples)
-        out = Path(self.output) if self.output else (load_settings().home / "projects" / resolve_project(self.project)
-                                                     / "evals" / time.strftime("bench-%Y%m%d-%H%M%S"))
-        out.mkdir(parents=True, exist_ok=True)
-        metrics = {f"{task}/{k}": float(v) for task, res in raw["results"].items() for k, v in res.items()
-                   if isinstance(v, (int, float))}
-        result = {"model_ref": self.model, "model": metrics, "base": None, "technique": "benchmark",
-                  "benchmark": self.benchmark, "output": str(out)}
-        (out / "results.json").write_text(json.dumps(result, indent=2))
-        (out / "report.md").write_text(f"# {self.benchmark} on {self.model}\n\n" + "\n".join(
-            f"- {k}: {v:.4g}" for k, v in metrics.items()) + "\n")
-        return EvaluationResult(result)
+        return EvaluationResult(run_benchmark(self.benchmark, self.model, project=self.project, samples=self.samples,
+                                              output=self.output, lookups=_service().model_lookups()))
