@@ -35,9 +35,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def samples(n: int):
+    from tuneloop.data.staged import read_rows
     from tuneloop.rewards.base import Sample
 
-    rows = [json.loads(line) for line in (REPO / "src/tuneloop/demo_data/rlvr.jsonl").read_text().splitlines()]
+    rows = read_rows(REPO / "src/tuneloop/demo_data/rlvr.jsonl")
     answers = ["red", "blue", "green", "gold", "gold please", "", "the word red"]
     return [Sample(str(i), rows[i % len(rows)]["prompt"], answers[i % len(answers)], {"answer": rows[i % len(rows)]["answer"]})
             for i in range(n)]

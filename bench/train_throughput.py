@@ -43,9 +43,10 @@ def make_data(technique: str, n: int, path: Path, seed: int = 0) -> None:
 
 
 def _dataset_tokens(data: Path, technique: str, tokenizer) -> int:
+    from tuneloop.data.staged import iter_rows
+
     total = 0
-    for line in data.read_text().splitlines():
-        row = json.loads(line)
+    for row in iter_rows(data):
         parts = [row["prompt"], row["completion"]] if technique == "sft" else \
             [row["prompt"], row["chosen"], row["prompt"], row["rejected"]]
         total += sum(len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in parts)
