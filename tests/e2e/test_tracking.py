@@ -99,6 +99,7 @@ def test_tracking_off_says_so_once_and_how_to_turn_it_on(home, tmp_path):
     assert bad.returncode == 1 and "need an MLflow tracking server" in bad.stderr and "--mlflow-uri" in bad.stderr
 
 
+@pytest.mark.slow   # trains a job in a runner process
 def test_an_unreachable_tracking_server_does_not_fail_the_job(home, tmp_path):
     data = write_jsonl(tmp_path / "train.jsonl", ROWS)
     r = cli("tune", "--technique", "sft", "--dataset", str(data), "--max-steps", "2",
@@ -108,6 +109,7 @@ def test_an_unreachable_tracking_server_does_not_fail_the_job(home, tmp_path):
     assert "is unavailable (the job runs untracked)" in log
 
 
+@pytest.mark.slow   # trains a job in a runner process
 def test_metrics_prints_the_curves_and_draws_a_png(home, tmp_path):
     data = write_jsonl(tmp_path / "train.jsonl", ROWS)
     assert cli("tune", "--technique", "sft", "--dataset", str(data), "--max-steps", "5").returncode == 0

@@ -61,6 +61,7 @@ def test_module_rewards_may_not_name_the_standard_library_or_tuneloop():
     assert module_problem("my_rewards.math") is None
 
 
+@pytest.mark.slow   # a tuneloop CLI process per case; run in CI (make test)
 @pytest.mark.parametrize("dry_run", [True, False])
 def test_a_row_naming_os_system_is_refused_with_its_line_and_runs_nothing(home, tmp_path, dry_run):
     marker = tmp_path / "pwned"
@@ -75,6 +76,7 @@ def test_a_row_naming_os_system_is_refused_with_its_line_and_runs_nothing(home, 
     assert jobs() == []
 
 
+@pytest.mark.slow   # a tuneloop CLI process per case; run in CI (make test)
 def test_a_command_line_module_reward_naming_os_is_refused(home, tmp_path):
     marker = tmp_path / "pwned"
     write_jsonl(tmp_path / "rows.jsonl", [{"prompt": P, "command": f"touch {marker}"}] * 2)
@@ -85,6 +87,7 @@ def test_a_command_line_module_reward_naming_os_is_refused(home, tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.slow   # a tuneloop CLI process per case; run in CI (make test)
 def test_rows_naming_a_url_or_a_judge_with_credentials_send_nothing(home, tmp_path, recorder):
     url, seen = recorder
     grader = {"type": "score_model", "name": "judge", "model": f"openai:gpt@{url}/v1",
@@ -100,6 +103,7 @@ def test_rows_naming_a_url_or_a_judge_with_credentials_send_nothing(home, tmp_pa
     assert jobs() == []
 
 
+@pytest.mark.slow   # a tuneloop CLI process per case; run in CI (make test)
 def test_allowed_row_rewards_run_and_every_override_is_reported(home, tmp_path):
     (tmp_path / "mine.py").write_text("def score(completion, answer):\n    return float(answer in completion)\n")
     ref = f"{tmp_path}/mine.py:score"
@@ -118,6 +122,7 @@ def test_allowed_row_rewards_run_and_every_override_is_reported(home, tmp_path):
     assert "not run (dry run)" in r.stderr
 
 
+@pytest.mark.slow   # a tuneloop CLI process per case; run in CI (make test)
 def test_dry_run_never_runs_a_reward(home, tmp_path):
     marker = tmp_path / "imported"
     (tmp_path / "loud.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n"
@@ -134,6 +139,7 @@ def test_dry_run_never_runs_a_reward(home, tmp_path):
     assert missing.returncode == 1 and "not found" in missing.stderr, missing.stderr
 
 
+@pytest.mark.slow   # a tuneloop CLI process per case; run in CI (make test)
 def test_eval_scores_rows_only_with_rewards_they_may_name(home, tmp_path, models_dir):
     marker = tmp_path / "pwned"
     write_jsonl(tmp_path / "rows.jsonl", [{"prompt": P, "answer": "red", "reward_model": "os:system",
@@ -146,6 +152,7 @@ def test_eval_scores_rows_only_with_rewards_they_may_name(home, tmp_path, models
 
 
 
+@pytest.mark.slow   # a tuneloop CLI process per case; run in CI (make test)
 def test_evaluators_cannot_register_a_standard_library_module_or_a_metadata_url(home):
     for source, message in (("os:system", "standard-library module"),
                             ("http://169.254.169.254/latest", "link-local")):

@@ -127,6 +127,7 @@ def test_a_redirect_to_a_metadata_address_is_not_followed(monkeypatch):
     assert scores[0].error is not None and "link-local" in scores[0].error.message
 
 
+@pytest.mark.slow   # a tuneloop CLI process per case; run in CI (make test)
 def test_cli_refuses_a_metadata_reward_before_any_job(home, tmp_path):
     write_jsonl(tmp_path / "rows.jsonl", [{"prompt": [{"role": "user", "content": "hi"}]}] * 2)
     for args in (["--reward-function", "http://169.254.169.254/latest/meta-data/"], []):
