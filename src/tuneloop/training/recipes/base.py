@@ -89,6 +89,8 @@ class Recipe:
     `trainer` and `tokenizer`) and may override `validate`, `summary`, `save_weights`, `close`
     and `live_metrics`."""
 
+    technique: str | None = None    # whose auto-evaluation `validate` runs (sft, dpo)
+
     def __init__(self, ctx: JobContext):
         self.ctx = ctx
         self.trainer: Any = None
@@ -139,8 +141,13 @@ class Recipe:
         return metrics
 
     def validate(self) -> dict[str, float] | None:
-        """Scores on the validation rows (None: no validation data)."""
-        return None
+        """Scores on the validation rows (None: no validation data): SFT's and DPO's auto-evaluation
+        by `technique`; GRPO overrides it."""
+        if self.ctx.validation_path is None or self.technique is None:
+            return None
+        from tuneloop.evaluation.auto import evaluate_validation
+
+        return evaluate_validation(self.trainer, self.tokenizer, self.technique, self.ctx.validation_path)
 
     def save(self, metrics: dict[str, float]) -> RecipeResult:
         """The output folder: the weights, manifest.json (spec, plan, data, metrics, versions)

@@ -20,15 +20,11 @@ from tuneloop.training.recipes.base import Recipe
 
 
 class SFTRecipe(Recipe):
+    technique = "sft"
+
     def setup(self) -> None:
         self.build(build_trainer, eval_path=self.ctx.validation_path)
 
-    def validate(self) -> dict[str, float] | None:
-        if self.ctx.validation_path is None:
-            return None
-        from tuneloop.evaluation.auto import evaluate_validation
-
-        return evaluate_validation(self.trainer, self.tokenizer, "sft", self.ctx.validation_path)
 
 
 def to_conversational(row: dict[str, Any]) -> dict[str, Any]:
