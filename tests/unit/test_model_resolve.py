@@ -73,13 +73,17 @@ def models_dir(tmp_path):
     return tmp_path / "models"
 
 
-def test_nothing_is_the_catalogs_default_and_catalog_ids_are_hub_ids(models_dir):
+def test_nothing_is_the_catalogs_default_and_catalog_ids_are_hub_ids(models_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hf-cache"))
     ref = resolve(None, technique="sft", models_dir=models_dir)
     assert ref.via == "default" and ref.entry is not None and ref.entry.default and ref.id == ref.entry.id
     qwen = resolve("qwen/qwen3-0.6b", technique="sft", models_dir=models_dir)   # case-insensitive
     assert (qwen.id, qwen.kind, qwen.base, qwen.adapter, qwen.via) == ("Qwen/Qwen3-0.6B", "catalog", "Qwen/Qwen3-0.6B",
                                                                        None, "catalog")
-    assert qwen.load_path() == "Qwen/Qwen3-0.6B" and qwen.lora_targets and "q_proj" in qwen.lora_targets
+    assert qwen.lora_targets and "q_proj" in qwen.lora_targets
+    with pytest.raises(ValidationError, match="not in the local Hugging Face cache") as e:  # the Hub is off here
+        qwen.load_path()
+    assert "hf download Qwen/Qwen3-0.6B" in e.value.hint and "HF_HUB_OFFLINE=1" in e.value.hint
     assert resolve("Qwen/Qwen3-0.6B", use="eval", models_dir=models_dir).name == "Qwen/Qwen3-0.6B"
 
 

@@ -3,18 +3,26 @@
     ref = resolve("tuneloop/tiny-qwen3", technique="sft", training_type="lora")   # tune: checked
     ref = resolve("out/adapter", use="eval")             # ref.base (its base model), ref.adapter
     ref = resolve("sft", use="eval", lookups=lookups)    # the project's latest sft job's output
-    ref.load_path()      # what from_pretrained takes (a built-in is built the first time)
+    ref = resolve("model.Q4_K_M.gguf")                   # kind "gguf": converted once, on first load
+    ref.load_path()      # what from_pretrained takes (a built-in is built, a GGUF converted the first time)
     ref.local_folder()   # the base's folder on this machine, or None (a Hub model not in the cache)
 
 A reference is, in this order:
   nothing                the catalog's default model
-  a catalog id           a catalog model (its Hub id) or a built-in (built offline in models_dir)
+  a catalog id           a catalog model (its Hub id: the local Hugging Face cache's snapshot when it is
+                         there, else a download, else with the Hub off the error naming `hf download`)
+                         or a built-in (built offline in models_dir)
   a folder               a model folder (config.json) or a PEFT adapter folder (adapter_config.json);
-                         its weights must be safetensors (weights.check_weights)
+                         its weights must be safetensors (weights.check_weights) and its code
+                         transformers' own (weights.check_code: trust_remote_code stays off)
+  a GGUF file            (*.gguf or the GGUF magic) checked from its header, converted on first load
+                         into <models_dir>/gguf/<sha256>/ (models.gguf); its id is the file's path
   GROUP@vN               a registered version's output folder
   a deployed name        the folder `tuneloop serve` serves under that name
   a technique or a job   the technique's latest job, or the job of that name: its output folder
-The last three need `lookups` (`ModelLookups`), which the service layer builds from the store:
+  a Hub id (ORG/NAME)    outside the catalog: its snapshot in the local Hugging Face cache, like a
+                         folder outside the catalog (generic defaults); not cached: `hf download` it
+The lookups need `lookups` (`ModelLookups`), which the service layer builds from the store:
 nothing here opens it. Without lookups they are not references.
 
 `use` names who asks; their checks and error messages differ, the order above does not:
@@ -34,8 +42,9 @@ from pathlib import Path
 from typing import Callable
 
 from tuneloop.catalog import RL_TECHNIQUES, TECHNIQUES, ModelEntry, load_catalog
-from tuneloop.errors import ValidationError
-from tuneloop.models.weights import check_weights
+from tuneloop.errors import CatalogError, ValidationError
+from tuneloop.models import hub
+from tuneloop.models.weights import PICKLE_SUFFIXES, check_code, check_weights
 
 USES = ("tune", "eval", "judge", "serve")
 
@@ -63,36 +72,43 @@ class ModelRef:
     """What a reference resolved to, once."""
 
     id: str                          # in specs and job rows: the catalog id, else the absolute folder
-    kind: str                        # catalog | builtin | local | adapter: what the weights are
-    base: str                        # the base weights: a folder (a built-in's, built by load_path) or a Hub id
+    kind: str                        # catalog | builtin | local | adapter | gguf | hub: what the weights are
+    base: str                        # the base weights: a folder (a built-in's or a GGUF's, made by load_path) or a Hub id
     name: str                        # what users see: the catalog id, the job's id, or the reference as given
-    via: str                         # how it was found: default | catalog | folder | package | deployed | job
+    via: str                         # how it was found: default | catalog | folder | file | package | deployed | job | hub
     adapter: str | None = None       # a PEFT adapter folder on top of `base`
     entry: ModelEntry | None = None  # the catalog entry (of the base, for tuneloop outputs and adapters)
     builtin: bool = False            # `base` is a built-in's folder: load_path builds it first
     notes: tuple[str, ...] = field(default=())
+    gguf: str | None = None          # the GGUF file `base` is converted from (load_path converts it first)
 
     @property
     def lora_targets(self) -> list[str] | None:
         return list(self.entry.lora_target_modules) if self.entry and self.entry.lora_target_modules else None
 
     def load_path(self) -> str:
-        """The base as from_pretrained takes it: a folder or a Hub id (a built-in is built first)."""
+        """The base as from_pretrained takes it: a folder (a built-in is built first, a GGUF converted
+        first) or a Hub id: its cached snapshot, else the id with the Hub on, else hub's ValidationError."""
         if self.builtin:
             from tuneloop.models.builtin import ensure_builtin
 
             return str(ensure_builtin(self.entry.id, Path(self.base).parent))  # base is models_dir/<name>
-        return self.base
+        if self.gguf is not None:
+            from tuneloop.models.gguf import ensure_converted
 
-    def local_folder(self) -> Path | None:
-        """The base's folder on this machine (config, tokenizer), or None: a Hub model not in the cache."""
-        if self.builtin:
+            return str(ensure_converted(Path(self.gguf), Path(self.base), Path(self.base).name))
+        if Path(self.base).is_dir():
+            return self.base
+        return hub.hub_path(self.base)
+
+    def local_folder(self, convert: bool = True) -> Path | None:
+        """The base's folder on this machine (config, tokenizer), or None: a Hub model not in the
+        cache, or with convert=False a GGUF not converted yet (a dry run reads its header instead)."""
+        if self.builtin or (self.gguf is not None and convert):
             return Path(self.load_path())
         if Path(self.base).is_dir():
             return Path(self.base)
-        from tuneloop.models.hub import cached_folder
-
-        return cached_folder(self.base)
+        return None if self.gguf is not None else hub.cached_folder(self.base)
 
 
 def resolve(ref: str | None, *, use: str = "tune", technique: str | None = None, training_type: str = "lora",
@@ -114,12 +130,28 @@ def resolve(ref: str | None, *, use: str = "tune", technique: str | None = None,
     folder = Path(ref).expanduser()
     if folder.is_dir():
         return ctx.folder(folder, ref, "folder")
+    if folder.is_file():
+        return ctx.file(folder)
+    if ref.lower().endswith(".gguf"):
+        raise ValidationError(f"GGUF file {ref} does not exist.", hint="Check the path (relative paths start at "
+                              f"the current folder, {Path.cwd()}).", param="model")
     found = _lookup(ref, project, lookups, use) if lookups is not None else None
     if found is not None:
         return ctx.folder(*found)
+    if hub.looks_like_repo_id(ref):  # a Hub id outside the catalog: its snapshot in the local cache
+        snapshot = hub.cached_folder(ref)
+        if snapshot is not None:
+            return ctx.folder(snapshot, ref, "hub", ref_id=ref)
     if use == "tune":
-        catalog.require(ref)  # raises the catalog's "not yet supported" error, with the families
+        try:
+            catalog.require(ref)  # raises the catalog's "not yet supported" error, with the families
+        except CatalogError as e:
+            if hub.looks_like_repo_id(ref):  # or a Hub model tuneloop would take from the local cache
+                e.hint = f"{e.hint}\nIf it is a Hugging Face model, {hub.download_hint(ref, 'download')}"
+            raise
     message, hint = _UNKNOWN[use]
+    if hub.looks_like_repo_id(ref):
+        hint = f"If it is a Hugging Face model, {hub.download_hint(ref, 'download')}" + (f"\n{hint}" if hint else "")
     raise ValidationError(message.format(ref=ref), hint=hint, param="model")
 
 
@@ -193,24 +225,51 @@ class _Context:
         return ModelRef(entry.id, "builtin" if entry.builtin else "catalog", base, entry.id, via, entry=entry,
                         builtin=builtin)
 
-    def folder(self, folder: Path, name: str, via: str) -> ModelRef:
+    def file(self, path: Path) -> ModelRef:
+        """A file: a GGUF, checked from its header unless it was converted before; anything else is refused."""
+        from tuneloop.models import gguf
+
+        if not gguf.looks_like_gguf(path):
+            pickled = path.suffix in PICKLE_SUFFIXES
+            raise ValidationError(f"{path} is a file; a model is a folder (config.json, *.safetensors, tokenizer) or "
+                                  "a .gguf file." + (" tuneloop never loads pickled weights (unpickling a file can "
+                                                     "run code)." if pickled else ""),
+                                  hint="Pass the folder that save_pretrained wrote, or a GGUF file.", param="model")
+        source = path.resolve()
+        sha = gguf.file_sha256(source, self.models_dir)
+        folder = gguf.cache_folder(self.models_dir, sha)
+        if not gguf.converted(folder):
+            gguf.read_header(source)  # a damaged file or an unknown architecture stops here, before any job
+        notes = (f"ℹ️  {path} is a GGUF file outside the catalog: tuneloop converts it once into {folder} and uses "
+                 "generic defaults for it (override them with --learning-rate, --epochs, ...).",) if self.tune else ()
+        return ModelRef(str(source), "gguf", str(folder), str(source), "file", notes=notes, gguf=str(source))
+
+    def folder(self, folder: Path, name: str, via: str, ref_id: str | None = None) -> ModelRef:
+        """A folder (or, with ref_id, a Hub snapshot known by that id)."""
+        kind = "hub" if ref_id else "local"
         if self.use == "serve":  # the server checks the folder itself (config, safetensors, tokenizer, no adapter)
-            return ModelRef(str(folder), "local", str(folder), name, via)
+            return ModelRef(ref_id or str(folder), kind, str(folder), name, via)
         if (folder / "adapter_config.json").is_file():
             return self.adapter(folder, name, via)
         if not (folder / "config.json").is_file():
             message, hint = _NEITHER[self.use]
+            ggufs = sorted(p.name for p in folder.glob("*.gguf"))
+            if ggufs:
+                hint = f"It holds {', '.join(ggufs[:3])}: pass the file itself, e.g. --model {folder / ggufs[0]}"
             raise ValidationError(message.format(folder=folder), hint=hint, param="model")
         check_weights(folder)
-        path = str(folder.resolve())
+        code_notes = check_code(folder)
+        path = ref_id or str(folder.resolve())
         base = _tuned_from(folder, ("manifest.json",)) if self.tune and self.technique in RL_TECHNIQUES else None
+        weights = str(folder.resolve())
         if base is not None:  # a tuneloop full-rank output: RL continues from it with its base's defaults
             self.check(base)
-            return ModelRef(path, "local", path, name, via, entry=base,
-                            notes=(f"ℹ️  Continuing from {folder} (a {base.id} fine-tune)",))
-        notes = (f"ℹ️  {folder} is a local model folder outside the catalog: tuneloop uses generic defaults for "
+            return ModelRef(path, kind, weights, name, via, entry=base,
+                            notes=(f"ℹ️  Continuing from {folder} (a {base.id} fine-tune)",) + code_notes)
+        what = f"{ref_id} (in the local Hugging Face cache) is a model" if ref_id else f"{folder} is a local model folder"
+        notes = (f"ℹ️  {what} outside the catalog: tuneloop uses generic defaults for "
                  "it (override them with --learning-rate, --epochs, ...).",) if self.tune else ()
-        return ModelRef(path, "local", path, name, via, notes=notes)
+        return ModelRef(path, kind, weights, name, via, notes=notes + code_notes)
 
     def adapter(self, folder: Path, name: str, via: str) -> ModelRef:
         """A PEFT adapter on its base (tune: the start of an RL job, which keeps training it (LoRA)

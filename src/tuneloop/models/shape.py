@@ -1,6 +1,9 @@
-"""A model's shape without importing torch: config.json and the safetensors headers.
+"""A model's shape without importing torch: config.json and the safetensors headers, or a GGUF
+file's header (before it is converted).
 
     shape = model_shape(Path("my-model"), parameters=0)   # layers, hidden size, ... and the parameter count
+    shape = model_shape(None, 0, gguf="model.gguf")       # from the GGUF header (gguf package, numpy only)
+    info = gguf_info("model.gguf")                        # also its context length, architecture, types
 """
 
 from __future__ import annotations
@@ -28,9 +31,22 @@ def count_safetensors_parameters(folder: Path) -> int:
     return total
 
 
-def model_shape(folder: Path | None, parameters: int) -> ModelShape:
-    """From the folder's config.json when it is on this machine, else from `parameters` alone."""
+def gguf_info(path: str | Path):
+    """The GGUF header's parameters, layers, hidden size, vocabulary, heads and context length
+    (a converted file's marker holds them too; models.gguf.GGUFInfo)."""
+    from tuneloop.models.gguf import read_header
+
+    return read_header(Path(path))
+
+
+def model_shape(folder: Path | None, parameters: int, gguf: str | Path | None = None) -> ModelShape:
+    """From the folder's config.json when it is on this machine, else from the GGUF header when
+    the model is a GGUF file not converted yet, else from `parameters` alone."""
     if folder is not None and (folder / "config.json").is_file():
         config = json.loads((folder / "config.json").read_text())
         return shape_from_config(config, count_safetensors_parameters(folder) or parameters)
+    if gguf is not None:
+        info = gguf_info(gguf)
+        return ModelShape(parameters=info.parameters, layers=info.layers, hidden=info.hidden, vocab=info.vocab,
+                          heads=info.heads)
     return shape_from_parameters(parameters)

@@ -138,7 +138,9 @@ class JobService:
         if technique == "rlaif" and not req.judge_model:
             notes.append(f"ℹ️  Judge: {spec.judge_model} (the base model; choose another with --judge-model)")
         try:
-            plan = self._plan(spec, model, staged)
+            if not dry_run:  # a GGUF is converted, a Hub model found in the cache, before any job exists
+                model.load_path()
+            plan = self._plan(spec, model, staged, convert=not dry_run)
             if rl:
                 notes += self.row_reward_notes(spec, staged.path)
                 if dry_run:
@@ -185,10 +187,10 @@ class JobService:
                                            f"rows held out (seed {seed})"]
         return staged, validation
 
-    def _plan(self, spec: JobSpec, model: ModelRef, staged: StageResult) -> Plan:
-        folder = model.local_folder()
+    def _plan(self, spec: JobSpec, model: ModelRef, staged: StageResult, convert: bool = True) -> Plan:
+        folder = model.local_folder(convert=convert)   # a dry run plans a GGUF from its header
         parameters = model.entry.parameters if model.entry else 0
-        shape = model_shape(folder, parameters)
+        shape = model_shape(folder, parameters, gguf=model.gguf)
         return make_plan(technique=spec.technique, training_type=spec.training_type, shape=shape,
                          data=token_stats(staged.path, spec.technique, folder), hw=self.hardware,
                          defaults=model_defaults(model, spec.technique, spec.training_type),
