@@ -2,7 +2,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from tuneloop.data.transforms import (EMPTY_LIST, MIXED_ROLES, SAME_ROLE, SINGLE_DICT, SINGLE_ELEMENT_LIST,
-                                      describe_shape, detect_chat_shape, flatten, parse_column_map, rename_columns)
+                                      describe_shape, detect_chat_shape, flatten, parse_column_map, rename_columns, DROP)
 from tuneloop.errors import DatasetError
 
 
@@ -12,15 +12,30 @@ def test_column_map_both_syntaxes():
     assert parse_column_map(None) == {}
 
 
-@pytest.mark.parametrize("bad", ["prompt", "a:", "=b"])
+@pytest.mark.parametrize("bad", ["prompt", ":", "=", "a:x,b:x", "a:x,a:y"])
 def test_column_map_errors_name_the_entry(bad):
     with pytest.raises(DatasetError) as e:
         parse_column_map(bad)
     assert e.value.param == "column_map"
 
 
+@pytest.mark.parametrize("text", ["notes:", "notes=", "=notes", " notes : "])
+def test_an_entry_with_one_empty_side_drops_the_column(text):
+    assert parse_column_map(text) == {"notes": DROP}
+    assert rename_columns({"prompt": "p", "notes": "n"}, parse_column_map(text)) == {"prompt": "p"}
+
+
 def test_rename_keeps_other_columns():
     assert rename_columns({"q": 1, "x": 2}, {"q": "prompt"}) == {"prompt": 1, "x": 2}
+
+
+@pytest.mark.parametrize("record", [{"prompt": 1, "question": 2}, {"question": 2, "prompt": 1}])
+def test_renaming_onto_an_existing_column_is_refused_not_overwritten(record):
+    with pytest.raises(ValueError, match="renames column 'question' to 'prompt', but the row already has"):
+        rename_columns(record, {"question": "prompt"})
+    # dropping the other one, or a swap, is explicit
+    assert rename_columns(record, {"question": "prompt", "prompt": DROP}) == {"prompt": 2}
+    assert rename_columns(record, {"question": "prompt", "prompt": "question"}) == {"prompt": 2, "question": 1}
 
 
 def test_flatten_strategies():

@@ -3,13 +3,21 @@ technique's canonical row. Pure functions on dicts; no I/O (`stage.py` reads and
 
 | technique | record formats accepted | canonical row |
 |---|---|---|
-| sft | prompt/completion, input/output (SageMaker), OpenAI `messages` | {prompt, completion} or {messages} |
-| dpo | prompt/chosen/rejected (strings or chat format), OpenAI preference | {prompt, chosen, rejected} |
+| sft | prompt/completion, input/output (SageMaker), OpenAI `messages`, Alpaca instruction/input/output (+ system), ShareGPT `conversations` (or `messages`) of from/value turns | {prompt, completion} or {messages} |
+| dpo | prompt/chosen/rejected (strings or chat format), Alpaca-style instruction/input/chosen/rejected, OpenAI preference | {prompt, chosen, rejected} |
 | rlvr, rlaif | prompt message array + reward_model + extra columns, OpenAI reinforcement `messages` + extra keys | {prompt, reward_model, ...extra} |
+
+Alpaca's prompt is the instruction, then a blank line ("\n\n") and the input when the input is
+not empty (`alpaca_prompt`); with a `system` column in the first row an SFT file is staged as
+conversations (system, user, assistant) so the system prompt is kept. ShareGPT speakers map to
+roles by `SHAREGPT_ROLES` (human -> user, gpt -> assistant, system -> system, ...); any other
+speaker is a problem on that row.
 
 The format is decided on the first record (after --column-map); every later row must have the
 same shape, so a staged file is uniform. Chat-format values in string columns are flattened with
-the seed's four strategies and each converted column is reported once.
+the seed's four strategies and each converted column is reported once. `FORMAT_READS` says which
+source columns a format reads: staging refuses a text column that no format reads (`stage.py`,
+`validate.holds_text`) unless --column-map drops it explicitly.
 
     conv = make_converter("dpo", detect_format(first_row, "dpo"))
     canonical = conv(row)        # raises RecordProblem (one row is bad) or ChatFormatHalt (--no-transform)
@@ -30,6 +38,11 @@ PREFERENCE = "preference"
 OPENAI_PREFERENCE = "openai_preference"
 RL_PROMPT = "prompt_reward"
 OPENAI_RFT = "openai_reinforcement"
+ALPACA = "alpaca"
+ALPACA_CHAT = "alpaca_system"
+SHAREGPT = "sharegpt"
+SHAREGPT_MESSAGES = "sharegpt_messages"
+ALPACA_PREFERENCE = "alpaca_preference"
 
 # format -> the source columns it needs (after --column-map)
 FORMAT_COLUMNS: dict[str, tuple[str, ...]] = {
@@ -40,7 +53,48 @@ FORMAT_COLUMNS: dict[str, tuple[str, ...]] = {
     OPENAI_PREFERENCE: ("input", "preferred_output", "non_preferred_output"),
     RL_PROMPT: ("prompt", "reward_model"),
     OPENAI_RFT: ("messages", "reward_model"),
+    ALPACA: ("instruction", "output"),
+    ALPACA_CHAT: ("instruction", "output"),
+    SHAREGPT: ("conversations",),
+    SHAREGPT_MESSAGES: ("messages",),
+    ALPACA_PREFERENCE: ("instruction", "chosen", "rejected"),
 }
+
+# format -> every source column it reads (the required ones and the optional ones); None: it keeps
+# all columns (RL rows: reward functions read the others)
+FORMAT_READS: dict[str, frozenset[str] | None] = {
+    PROMPT_COMPLETION: frozenset(("prompt", "completion")),
+    INPUT_OUTPUT: frozenset(("input", "output")),
+    MESSAGES: frozenset(("messages",)),
+    PREFERENCE: frozenset(("prompt", "chosen", "rejected")),
+    OPENAI_PREFERENCE: frozenset(("input", "preferred_output", "non_preferred_output")),
+    RL_PROMPT: None,
+    OPENAI_RFT: None,
+    ALPACA: frozenset(("instruction", "input", "output")),
+    ALPACA_CHAT: frozenset(("instruction", "input", "output", "system")),
+    SHAREGPT: frozenset(("conversations", "system")),
+    SHAREGPT_MESSAGES: frozenset(("messages", "system")),
+    ALPACA_PREFERENCE: frozenset(("instruction", "input", "chosen", "rejected")),
+}
+
+# an example row of the formats whose rows look unlike the technique's canonical example
+FORMAT_EXAMPLES = {
+    ALPACA: '{"instruction": "Translate to French.", "input": "Good morning", "output": "Bonjour"}',
+    ALPACA_CHAT: '{"system": "Be brief.", "instruction": "Translate to French.", "input": "Good morning", '
+                 '"output": "Bonjour"}',
+    SHAREGPT: '{"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello!"}]}',
+    SHAREGPT_MESSAGES: '{"messages": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello!"}]}',
+    MESSAGES: '{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]}',
+    ALPACA_PREFERENCE: '{"instruction": "Greet a customer.", "chosen": "Welcome!", "rejected": "What?"}',
+}
+
+# formats whose staged rows are {messages} conversations
+STAGES_MESSAGES = frozenset((MESSAGES, ALPACA_CHAT, SHAREGPT, SHAREGPT_MESSAGES))
+
+# ShareGPT `from` values -> roles; anything else is refused on its row
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                  "chatgpt": "assistant", "bard": "assistant", "bing": "assistant", "model": "assistant",
+                  "system": "system"}
 
 FORMAT_NAMES = {
     PROMPT_COMPLETION: "prompt/completion",
@@ -50,11 +104,16 @@ FORMAT_NAMES = {
     OPENAI_PREFERENCE: "OpenAI preference (input/preferred_output/non_preferred_output)",
     RL_PROMPT: "prompt messages + reward_model",
     OPENAI_RFT: "OpenAI reinforcement (messages + grader columns)",
+    ALPACA: "Alpaca (instruction/input/output)",
+    ALPACA_CHAT: "Alpaca with a system prompt (system/instruction/input/output)",
+    SHAREGPT: "ShareGPT conversations (from/value turns)",
+    SHAREGPT_MESSAGES: "ShareGPT messages (from/value turns)",
+    ALPACA_PREFERENCE: "Alpaca-style preference (instruction/input/chosen/rejected)",
 }
 
 ACCEPTED = {
-    "sft": (PROMPT_COMPLETION, INPUT_OUTPUT, MESSAGES),
-    "dpo": (PREFERENCE, OPENAI_PREFERENCE),
+    "sft": (PROMPT_COMPLETION, INPUT_OUTPUT, MESSAGES, ALPACA, SHAREGPT),
+    "dpo": (PREFERENCE, OPENAI_PREFERENCE, ALPACA_PREFERENCE),
     "rlvr": (RL_PROMPT, OPENAI_RFT),
     "rlaif": (RL_PROMPT, OPENAI_RFT),
 }
@@ -74,12 +133,21 @@ def detect_format(record: dict[str, Any], technique: str, *, reward_model: str |
     if technique == "sft":
         if "prompt" in keys or "completion" in keys:
             return PROMPT_COMPLETION
+        if "instruction" in keys and "output" in keys:
+            return ALPACA_CHAT if "system" in keys else ALPACA
         if "input" in keys and "output" in keys:
             return INPUT_OUTPUT
+        if "conversations" in keys:
+            return SHAREGPT
         if "messages" in keys:
+            first = record["messages"][0] if type(record["messages"]) is list and record["messages"] else None
+            if type(first) is dict and "role" not in first and ("from" in first or "value" in first):
+                return SHAREGPT_MESSAGES
             return MESSAGES
         return None
     if technique == "dpo":
+        if "instruction" in keys and "prompt" not in keys and ("chosen" in keys or "rejected" in keys):
+            return ALPACA_PREFERENCE
         if "prompt" in keys or "chosen" in keys or "rejected" in keys:
             return PREFERENCE
         if "preferred_output" in keys or "non_preferred_output" in keys:
@@ -98,7 +166,12 @@ def missing_for_format(record: dict[str, Any], fmt: str, *, reward_model: str | 
 
 
 def canonical_columns(technique: str, fmt: str) -> list[str]:
-    return ["messages"] if fmt == MESSAGES else list(SCHEMAS[technique])
+    return ["messages"] if fmt in STAGES_MESSAGES else list(SCHEMAS[technique])
+
+
+def alpaca_prompt(instruction: str, input_text: str | None) -> str:
+    """Alpaca's prompt: the instruction, then a blank line and the input when it is not empty."""
+    return instruction + "\n\n" + input_text if input_text and not input_text.isspace() else instruction
 
 
 def format_note(fmt: str) -> str | None:
@@ -111,6 +184,17 @@ def format_note(fmt: str) -> str | None:
                            "non_preferred_output) to prompt/chosen/rejected",
         OPENAI_RFT: "ℹ️  Converted OpenAI reinforcement format: 'messages' became the prompt; the other columns "
                     "are kept for the reward function",
+        ALPACA: "ℹ️  Detected Alpaca format (instruction/input/output): prompt = instruction, then a blank line "
+                "and the input when it is not empty; completion = output",
+        ALPACA_CHAT: "ℹ️  Detected Alpaca format with a system column: staged as conversations (system; user = "
+                     "instruction, then a blank line and the input when it is not empty; assistant = output)",
+        SHAREGPT: "ℹ️  Detected ShareGPT format ('conversations' of from/value turns): staged as conversations "
+                  "(human -> user, gpt -> assistant, system kept); training puts the loss on assistant turns only",
+        SHAREGPT_MESSAGES: "ℹ️  Detected ShareGPT format ('messages' of from/value turns): staged as conversations "
+                           "(human -> user, gpt -> assistant, system kept); training puts the loss on assistant "
+                           "turns only",
+        ALPACA_PREFERENCE: "ℹ️  Detected Alpaca-style preference rows: prompt = instruction, then a blank line and "
+                           "the input when it is not empty",
     }.get(fmt)
 
 
@@ -137,6 +221,36 @@ def check_messages(value: Any, column: str) -> list[dict[str, str]]:
             raise RecordProblem(f"column '{column}' message {i}: 'role' must be a non-empty string "
                                 f"(system, user or assistant), got {_type_name(role)}", column)
         out.append({"role": role, "content": _content(m.get("content"), f"column '{column}' message {i} ({role})")})
+    return out
+
+
+def sharegpt_turns(value: Any, column: str, system: Any = None) -> list[dict[str, str]]:
+    """A ShareGPT conversation ({"from", "value"} turns; {"role", "content"} ones are taken too) as
+    {role, content} messages; a top-level `system` string becomes the first message."""
+    if type(value) is not list or not value:
+        raise RecordProblem(f"column '{column}' must be a non-empty array of {{\"from\", \"value\"}} turns, "
+                            f"got {'an empty array' if value == [] else _type_name(value)}", column)
+    out = []
+    for i, turn in enumerate(value, start=1):
+        if type(turn) is not dict:
+            raise RecordProblem(f"column '{column}' turn {i}: expected an object with from and value, "
+                                f"got {_type_name(turn)}", column)
+        speaker = turn.get("from", turn.get("role"))
+        role = SHAREGPT_ROLES.get(speaker.strip().lower()) if type(speaker) is str else None
+        if role is None:
+            raise RecordProblem(
+                f"column '{column}' turn {i}: unknown speaker 'from': {speaker!r:.40}; ShareGPT speakers are "
+                "human or user, gpt, assistant or model, and system. Relabel that turn or remove it "
+                "(tool turns such as function_call or observation cannot be staged as chat)", column)
+        content = turn.get("value", turn.get("content"))
+        out.append({"role": role, "content": _content(content, f"column '{column}' turn {i} ({speaker})")})
+    if system is not None:
+        if type(system) is not str:
+            raise RecordProblem(f"column 'system' must be a string, got {_type_name(system)}", "system")
+        if system and not system.isspace() and out[0]["role"] != "system":
+            out.insert(0, {"role": "system", "content": system})
+    if not any(m["role"] == "assistant" for m in out):
+        raise RecordProblem(f"column '{column}' has no gpt/assistant turn: nothing to learn from", column)
     return out
 
 
@@ -188,6 +302,39 @@ def make_converter(technique: str, fmt: str, *, no_transform: bool = False, rewa
                 raise missing(record, e) from None
             return {"prompt": p if type(p) is str else text(p, "prompt"),
                     "completion": c if type(c) is str else text(c, "completion")}
+
+    elif fmt in (ALPACA, ALPACA_CHAT, ALPACA_PREFERENCE):
+        answers = ("chosen", "rejected") if fmt == ALPACA_PREFERENCE else ("output",)
+
+        def prompt_of(record: dict[str, Any]) -> str:
+            instruction = string(record, "instruction")
+            extra = record.get("input")
+            return alpaca_prompt(instruction, None if extra is None else string(record, "input"))
+
+        def convert(record: dict[str, Any]) -> dict[str, Any]:
+            try:
+                prompt = prompt_of(record)
+                values = [string(record, c) for c in answers]
+            except KeyError as e:
+                raise missing(record, e) from None
+            if fmt == ALPACA_PREFERENCE:
+                return {"prompt": prompt, "chosen": values[0], "rejected": values[1]}
+            if fmt == ALPACA:
+                return {"prompt": prompt, "completion": values[0]}
+            system = record.get("system")
+            system = None if system is None else string(record, "system")
+            head = [{"role": "system", "content": system}] if system and not system.isspace() else []
+            return {"messages": head + [{"role": "user", "content": prompt},
+                                        {"role": "assistant", "content": values[0]}]}
+
+    elif fmt in (SHAREGPT, SHAREGPT_MESSAGES):
+        source = "conversations" if fmt == SHAREGPT else "messages"
+
+        def convert(record: dict[str, Any]) -> dict[str, Any]:
+            try:
+                return {"messages": sharegpt_turns(record[source], source, record.get("system"))}
+            except KeyError as e:
+                raise missing(record, e) from None
 
     elif fmt == MESSAGES:
         def convert(record: dict[str, Any]) -> dict[str, Any]:

@@ -7,7 +7,10 @@ any record is bad; the whole source is checked in one streaming pass, in constan
     result = stage_dataset("hf://org/name/train?file=*sft*", "sft", Path("staged.jsonl"))
 
 The seed's order: download (sources.resolve) -> column rename -> detect chat format -> flatten ->
-type validation -> write JSONL. `tuneloop tune`, `tuneloop datasets stage|create` and the SDK all
+type validation -> write JSONL. No text is dropped silently: a column the record format does not
+read whose non-empty values are mostly text (`validate.holds_text`; ids, sources, rewards and
+reference answers aside) fails staging, naming it, its first line and the --column-map that maps
+or drops it. `tuneloop tune`, `tuneloop datasets stage|create` and the SDK all
 call this function.
 """
 
@@ -29,7 +32,7 @@ from tuneloop.data import formats, limits, readers, sources
 from tuneloop.data.limits import LimitExceeded, shell_arg
 from tuneloop.data.schema import EXAMPLES, SCHEMAS
 from tuneloop.data.transforms import parse_column_map, rename_columns
-from tuneloop.data.validate import RecordProblem, suggest_column_map
+from tuneloop.data.validate import RecordProblem, holds_text, is_empty, is_metadata_column, suggest_column_map
 from tuneloop.errors import DatasetError
 
 MAX_SHOWN = 20
@@ -91,7 +94,10 @@ def stage_dataset(source: str, technique: str, output: Path, *, column_map: str 
                            param="dataset")
 
     def score(cols: set[str]) -> float:
-        mapped = set(rename_columns({c: None for c in cols}, mapping))
+        try:
+            mapped = set(rename_columns({c: None for c in cols}, mapping))
+        except ValueError:  # a collision: every row reports it
+            mapped = set(cols)
         return max(sum(c in mapped for c in formats.FORMAT_COLUMNS[f]) / len(formats.FORMAT_COLUMNS[f])
                    for f in formats.ACCEPTED[technique])
 
@@ -163,6 +169,8 @@ class _Pipeline:
         self.fmt = ""
         self.convert: Callable[[dict], dict] | None = None
         self.text_cols: tuple[str, ...] = ()
+        self.reads: set[str] | None = None      # the columns the format reads, and metadata seen (None: all kept)
+        self.unread: dict[str, list] = {}       # column -> [non-empty rows, text rows, first text (label, fmt, loc, value)]
         self.rows = self.rows_read = self.empty_fields = self.empty_rows = 0
         self.hashes = array("Q")
         self.shown: list[tuple[str, str, int, str]] = []     # (label, file format, location, message)
@@ -189,8 +197,30 @@ class _Pipeline:
         self.convert = formats.make_converter(self.technique, fmt, no_transform=self.no_transform,
                                               reward_model=self.reward_model, notes=self.notes,
                                               reward_check=self.reward_check)
-        self.text_cols = () if fmt == formats.MESSAGES else tuple(
+        self.text_cols = () if fmt in formats.STAGES_MESSAGES else tuple(
             c for c, kind in SCHEMAS[self.technique].items() if kind == "string" and c != "reward_model")
+        reads = formats.FORMAT_READS[fmt]
+        self.reads = None if reads is None else set(reads)
+
+    def note_unread(self, record: dict[str, Any], label: str, file_fmt: str, loc: int) -> None:
+        """Count the columns of `record` the format does not read: non-empty cells, and cells with text."""
+        reads, unread = self.reads, self.unread
+        for k, v in record.items():
+            if k in reads:  # type: ignore[operator]
+                continue
+            if is_metadata_column(k):
+                reads.add(k)  # type: ignore[union-attr]
+                continue
+            if is_empty(v):
+                continue
+            seen = unread.get(k)
+            if seen is None:
+                seen = unread[k] = [0, 0, None]
+            seen[0] += 1
+            if holds_text(v):
+                seen[1] += 1
+                if seen[2] is None:
+                    seen[2] = (label, file_fmt, loc, v)
 
     def consume(self, records: Iterator, label: str, file_fmt: str, write: Callable[[list[bytes]], None],
                 on_first: Callable[[dict, int, list[str]], None]) -> None:
@@ -202,6 +232,7 @@ class _Pipeline:
         take, max_rows = self.take, self.max_rows
         loc = 0
         rows, rows_read, empty_fields, empty_rows = self.rows, self.rows_read, self.empty_fields, self.empty_rows
+        reads = self.reads
         pending: list[bytes] = []
         append = pending.append
         try:
@@ -213,17 +244,23 @@ class _Pipeline:
                 if rows_read > max_rows:
                     raise LimitExceeded("rows", max_rows)
                 if mapping:
-                    record = rename_columns(record, mapping)
+                    try:
+                        record = rename_columns(record, mapping)
+                    except ValueError as e:
+                        self.problem(label, file_fmt, loc, str(e))
+                        continue
                 if convert is None:  # the first record decides the format (the seed's detection)
                     missing = self.set_format(record)
                     if missing:
                         on_first(record, loc, missing)
-                    text_cols, convert = self.text_cols, self.convert
+                    text_cols, convert, reads = self.text_cols, self.convert, self.reads
                 try:
                     row = convert(record)  # type: ignore[misc]
                 except RecordProblem as e:
                     self.problem(label, file_fmt, loc, e.message)
                     continue
+                if reads is not None and not record.keys() <= reads:
+                    self.note_unread(record, label, file_fmt, loc)
                 try:
                     line = dumps(row)
                 except encode_error as e:
@@ -314,12 +351,16 @@ def _stage(resolved: sources.ResolvedSource, technique: str, tmp: Path, *, mappi
         shown = [f"{_where_label(label, ff, loc)}: {msg}" for label, ff, loc, msg in pipe.shown]
         more = [f"... and {pipe.n_problems - len(shown)} more"] if pipe.n_problems > len(shown) else []
         expected = [f"Expected one JSON object per record ({formats.FORMAT_NAMES[fmt_name]}), e.g.:"
-                    if fmt_name else "Expected one JSON object per line, e.g.:", EXAMPLES[technique]]
+                    if fmt_name else "Expected one JSON object per line, e.g.:",
+                    formats.FORMAT_EXAMPLES.get(fmt_name) or EXAMPLES[technique]]
         unit = "line(s)" if all_jsonl else "record(s)"
         raise DatasetError(
             f"Dataset {resolved.display} has {pipe.n_problems} invalid {unit} for {technique}.",
             details=shown + more + expected,
             hint="Fix the records above and run the command again.", param="dataset")
+    dropped = _unread_text(pipe)
+    if dropped:
+        raise _unread_error(dropped, pipe.fmt, resolved.display, resolved.source, command, column_map)
     if pipe.rows == 0:
         raise DatasetError(f"Dataset {resolved.display} has no records.",
                            hint=f"Add one JSON object per line, e.g.:\n  {EXAMPLES[technique]}", param="dataset")
@@ -336,6 +377,36 @@ def _stage(resolved: sources.ResolvedSource, technique: str, tmp: Path, *, mappi
                        empty_rows=pipe.empty_rows, duplicates=duplicates, format=fmt_name,
                        files=[f.label for f in resolved.files], source=resolved.source,
                        dataset_version=resolved.version)
+
+
+def _unread_text(pipe: _Pipeline) -> dict[str, list]:
+    """The unread columns that are text columns: most of their non-empty cells hold text."""
+    return {k: v for k, v in pipe.unread.items() if v[1] and 2 * v[1] >= v[0]}
+
+
+def _unread_error(dropped: dict[str, list], fmt: str, display: str, source: str, command: str,
+                  column_map: str | None) -> DatasetError:
+    names = list(dropped)
+    details = []
+    for col, (nonempty, text, (label, file_fmt, loc, value)) in dropped.items():
+        sample = value if type(value) is str else orjson.dumps(value).decode()
+        sample = sample[:60] + "..." if len(sample) > 60 else sample
+        details.append(f"{_where_label(label, file_fmt, loc)}: column '{col}' holds text ({text} of {nonempty} "
+                       f"non-empty row(s)), e.g. {sample!r}")
+    reads = sorted(formats.FORMAT_READS[fmt] or ())
+    details.append(f"The {formats.FORMAT_NAMES[fmt]} format reads: {', '.join(reads)}")
+    drop = ",".join(f"{c}:" for c in names)
+    cmap = f"{column_map},{drop}" if column_map else drop
+    hint = (f"To train on it, merge it into a column the format reads, or rename it onto one with --column-map "
+            f"'{names[0]}:TARGET'. To leave it out on purpose, drop it explicitly:\n  {command} --dataset "
+            f"{shell_arg(source)} --column-map {shell_arg(cmap, quoted=True)}")
+    if fmt == formats.ALPACA and "system" in dropped:
+        hint = ("The first row has no 'system' column, so the file is staged as prompt/completion; give the first "
+                "row a \"system\" key (\"\" is fine) to stage conversations that keep the system prompt.\n" + hint)
+    which = (f"column '{names[0]}' holds" if len(names) == 1
+             else "columns " + ", ".join(f"'{c}'" for c in names) + " hold")
+    return DatasetError(f"Dataset {display}: {which} text that the {formats.FORMAT_NAMES[fmt]} format does not "
+                        "read; staging would drop it.", details=details, hint=hint, param="column_map")
 
 
 def _where_label(label: str, file_fmt: str, loc: int) -> str:
@@ -433,7 +504,8 @@ def _worker(args: tuple) -> dict[str, Any]:
     return {"rows": pipe.rows, "rows_read": pipe.rows_read, "empty_fields": pipe.empty_fields,
             "empty_rows": pipe.empty_rows, "hashes": pipe.hashes.tobytes(), "notes": pipe.notes,
             "shown": [(loc, msg) for _, _, loc, msg in pipe.shown], "n_problems": pipe.n_problems,
-            "lines": stats.get("lines", 0), "halt": halt}
+            "lines": stats.get("lines", 0), "halt": halt,
+            "unread": {k: (n, t, first and first[2:]) for k, (n, t, first) in pipe.unread.items()}}
 
 
 def _stage_parallel(pipe: _Pipeline, f: sources.DataFile, out: Any, digest: Any, workers: int,
@@ -447,7 +519,10 @@ def _stage_parallel(pipe: _Pipeline, f: sources.DataFile, out: Any, digest: Any,
         with open(f.path, "rb") as fh:
             for loc, record, _ in readers.read_jsonl(fh, max_line_bytes=max_line_bytes):
                 if record is not None:
-                    record = rename_columns(record, pipe.mapping) if pipe.mapping else record
+                    try:
+                        record = rename_columns(record, pipe.mapping) if pipe.mapping else record
+                    except ValueError:
+                        break  # the sequential path below reports it on every row
                     missing = pipe.set_format(record)
                     if missing:
                         on_first(record, loc, missing, f=f, file_fmt="jsonl")
@@ -472,6 +547,12 @@ def _stage_parallel(pipe: _Pipeline, f: sources.DataFile, out: Any, digest: Any,
             for loc, msg in res["shown"]:
                 pipe.problem(f.label, "jsonl" if loc else "", loc + offset if loc else 0, msg)
             pipe.n_problems += res["n_problems"] - len(res["shown"])
+            for col, (n, t, first) in res["unread"].items():
+                seen = pipe.unread.setdefault(col, [0, 0, None])
+                seen[0] += n
+                seen[1] += t
+                if seen[2] is None and first:
+                    seen[2] = (f.label, "jsonl", first[0] + offset, first[1])
             offset += res["lines"]
             for col, note in res["notes"].items():
                 pipe.notes.setdefault(col, note)

@@ -1,5 +1,9 @@
 """Pure record transforms: column map parsing/renaming, chat-format detection and flattening.
 
+A column map renames (`src:dst` or `dst=src`) and drops (`src:` or `src=`): a dropped
+column is left out of the staged rows on purpose, which is how a text column the record format
+does not read is let through. Two columns renamed onto one name are refused, never overwritten.
+
 No I/O here; `stage.py` reads and writes. Strategies follow the seed: a single message dict
 gives its content, a one-element list its content, several messages of one role their contents
 joined by newlines, mixed roles `role: content` lines; an empty list becomes "".
@@ -24,8 +28,12 @@ DESCRIBE = {
 }
 
 
+DROP = ""  # the target of a dropped column in a parsed column map
+
+
 def parse_column_map(text: str | None) -> dict[str, str]:
-    """`src:dst,src2:dst2` (seed docs) or `dst=src,dst2=src2` (seed code) -> {src: dst}."""
+    """`src:dst,src2:dst2` (seed docs) or `dst=src,dst2=src2` (seed code) -> {src: dst}; an entry
+    with one empty side (`notes:`, `notes=`, `=notes`) drops that column ({src: DROP})."""
     if not text:
         return {}
     mapping: dict[str, str] = {}
@@ -40,19 +48,44 @@ def parse_column_map(text: str | None) -> dict[str, str]:
             raise DatasetError(
                 f"Cannot parse --column-map entry {part!r}.",
                 hint="Write source:target pairs (input:prompt,output:completion) or target=source pairs "
-                "(prompt=question,completion=answer).", param="column_map",
+                "(prompt=question,completion=answer); drop a column with source: (notes:).", param="column_map",
             )
         src, dst = src.strip(), dst.strip()
-        if not src or not dst:
-            raise DatasetError(f"--column-map entry {part!r} has an empty column name.", param="column_map")
+        if not src:  # `=notes` or `:notes`: one empty side drops the column the entry names
+            src, dst = dst, DROP
+        if not src:
+            raise DatasetError(f"--column-map entry {part!r} names no column.", param="column_map",
+                               hint="Rename with source:target (question:prompt) or drop with source: (notes:).")
+        if src in mapping and mapping[src] != dst:
+            raise DatasetError(f"--column-map names column {src!r} twice ({mapping[src] or 'dropped'} and "
+                               f"{dst or 'dropped'}).", param="column_map", hint="Keep one entry per column.")
         mapping[src] = dst
+    targets = [d for d in mapping.values() if d]
+    twice = sorted({d for d in targets if targets.count(d) > 1})
+    if twice:
+        raise DatasetError(f"--column-map renames several columns onto {', '.join(map(repr, twice))}.",
+                           param="column_map", hint="Map one source column onto each target; drop the others "
+                           "with source: (notes:).")
     return mapping
 
 
 def rename_columns(record: dict[str, Any], mapping: dict[str, str]) -> dict[str, Any]:
+    """The record with the map applied (dropped columns left out). Raises ValueError when a
+    renamed column lands on a column the record already has (neither is dropped silently)."""
     if not mapping:
         return record
-    return {mapping.get(k, k): v for k, v in record.items()}
+    out: dict[str, Any] = {}
+    for k, v in record.items():
+        d = mapping.get(k, k)
+        if d == DROP:
+            continue
+        if d in out or (d != k and d in record and mapping.get(d, d) == d):
+            src = k if d != k else next(s for s, t in mapping.items() if t == d)
+            raise ValueError(f"--column-map renames column '{src}' to '{d}', but the row already has a '{d}' "
+                             f"column; drop one explicitly (--column-map '{d}:,{src}:{d}' keeps '{src}') or "
+                             "rename the other elsewhere")
+        out[d] = v
+    return out
 
 
 def _is_message(value: Any) -> bool:

@@ -1,7 +1,8 @@
 """Pure validation of one record against a technique's canonical schema.
 
 `canonical_record` returns the canonical dict or raises `RecordProblem` saying which column
-is wrong and what was expected; `suggest_column_map` builds the hint for a column mismatch.
+is wrong and what was expected; `suggest_column_map` builds the hint for a column mismatch;
+`holds_text` and `is_metadata_column` decide which unread columns staging may not drop silently.
 """
 
 from __future__ import annotations
@@ -10,7 +11,18 @@ import difflib
 from typing import Any
 
 from tuneloop.catalog import RL_TECHNIQUES
-from tuneloop.data.schema import ALIASES, SCHEMAS
+from tuneloop.data.schema import ALIASES, REFERENCE_COLUMNS, SCHEMAS
+
+# Columns that describe a row rather than hold what it says: never refused when a format does not
+# read them (besides the reference-answer columns, which graders and evaluation read).
+METADATA_COLUMNS = frozenset((
+    "id", "idx", "index", "uid", "uuid", "key", "source", "sources", "dataset", "subset", "split", "url", "urls",
+    "link", "category", "categories", "tag", "tags", "task", "task_type", "type", "topic", "domain", "lang",
+    "language", "license", "date", "timestamp", "created", "created_at", "model", "models", "author",
+    "reward", "rewards", "reward_model", "score", "scores", "rating", "ratings", "weight", "difficulty", "level",
+)) | frozenset(REFERENCE_COLUMNS)
+_METADATA_AFFIXES = ("_id", "_ids", "_score", "_scores", "_rating", "_ratings", "_reward", "_rewards", "_model",
+                     "score_", "rating_", "reward_")
 
 
 class RecordProblem(Exception):
@@ -70,3 +82,32 @@ def suggest_column_map(columns: list[str], technique: str) -> dict[str, str]:
     if targets and len(leftover) == len(targets):
         suggestion.update(zip(leftover, targets))
     return suggestion
+
+
+def is_metadata_column(name: str) -> bool:
+    """An id, source, reward or reference-answer column (by name): unread, it is left out quietly."""
+    low = name.lower()
+    return low in METADATA_COLUMNS or low.endswith(_METADATA_AFFIXES[:8]) or low.startswith(_METADATA_AFFIXES[8:])
+
+
+def _dense_script(s: str) -> bool:
+    """Written without spaces between words: CJK (from U+2E80 on) and Thai, Lao, Khmer, Myanmar."""
+    return sum(1 for ch in s if ord(ch) >= 0x2E80 or 0x0E00 <= ord(ch) <= 0x17FF) >= 8
+
+
+def holds_text(value: Any, depth: int = 0) -> bool:
+    """Whether a cell holds text someone wrote (the measure of a "text column"): a string of three
+    or more words, or of eight or more characters of a script written without spaces (Chinese,
+    Japanese, Thai...), or a list/object holding one (chat turns, history pairs). Labels, ids,
+    hashes, URLs, dates, numbers and booleans are not text."""
+    if type(value) is str:
+        return len(value.split(None, 2)) >= 3 or _dense_script(value)
+    if depth < 3 and type(value) is list:
+        return any(holds_text(v, depth + 1) for v in value[:64])
+    if depth < 3 and type(value) is dict:
+        return any(holds_text(v, depth + 1) for v in list(value.values())[:64])
+    return False
+
+
+def is_empty(value: Any) -> bool:
+    return value is None or value == "" or value == [] or value == {} or (type(value) is str and value.isspace())
