@@ -52,3 +52,14 @@ def test_only_the_store_and_the_service_layer_open_the_store():
             if module.startswith("tuneloop.store") and any(n in OPENS_STORE for n in names):
                 wrong.append(f"{rel}:{line} imports open_store")
     assert wrong == [], "\n".join(wrong)
+
+
+def test_serving_reaches_the_deployment_state_only_through_its_interface():
+    """The server records what it serves through the `Deployment` it is given (the deployment
+    service implements it): nothing under serving/ imports the store or its tables."""
+    wrong = []
+    for path, tree in _modules("serving"):
+        for line, module, _ in _imports(tree):
+            if module == "tuneloop.store" or module.startswith("tuneloop.store."):
+                wrong.append(f"{path.relative_to(PACKAGE)}:{line} imports {module}")
+    assert wrong == [], "\n".join(wrong)

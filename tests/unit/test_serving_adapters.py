@@ -160,7 +160,7 @@ def test_localize_unpacks_an_archive_once(tmp_path, base):
 # ---- deployment state and --from-tune --------------------------------------------------------
 @pytest.fixture
 def deps(home, tmp_path):
-    from tuneloop.serving.deployments import DeploymentService
+    from tuneloop.service.deployments import DeploymentService
     from tuneloop.settings import load_settings
     from tuneloop.store import open_store
 
@@ -195,7 +195,7 @@ def test_from_tune_prefers_the_slug_key_then_the_technique(deps, tmp_path):
 
 def test_deployment_state_records_and_forgets(deps, tmp_path):
     from tuneloop.errors import NotFoundError, ValidationError
-    from tuneloop.serving.deployments import Source
+    from tuneloop.serving.served import Source
 
     assert deps.state()["base_model"] == "tuneloop/tiny-qwen3" and deps.state()["server"] is None
     deps.record("a", "adapter", Source(tmp_path / "a", "--weights a", "job-1", "g", 3), base_model="x")

@@ -181,7 +181,7 @@ def _serve_stage(console: Console, svc, prompts: list[str], refs: list[str]) -> 
     import httpx
     import openai
 
-    from tuneloop.serving.deployments import DeploymentService
+    from tuneloop.service.deployments import DeploymentService
 
     deps = DeploymentService(svc.store, svc.settings, PROJECT)
     svc.store.delete_deployed(PROJECT, "tuned-sft")  # a re-run of the demo deploys it again

@@ -65,7 +65,7 @@ def adapter_add(name: str = typer.Argument(..., help="Name clients send as `mode
 def adapter_list(project: Optional[str] = PROJECT, as_json: bool = typer.Option(False, "--json")) -> None:
     """List the deployed adapters with their lineage."""
     deps = deployments(project)
-    rows = deps.store.list_deployed(deps.project, "adapter")
+    rows = deps.deployed("adapter")
     if as_json:
         return print_json(rows)
     if not rows:

@@ -50,17 +50,16 @@ def serve(model: Optional[str] = typer.Option(None, "--model", help="Base model:
               "model_path (env TUNELOOP_ALLOW_REMOTE_WEIGHTS=1); http(s) hosts must pass the URL guard."),
           project: Optional[str] = PROJECT) -> None:
     """Serve the base model, its adapters and inference components (OpenAI-compatible)."""
-    from tuneloop.serving.limits import Limits
-    from tuneloop.serving.server import serve as run
+    from tuneloop.serving.limits import Limits  # starlette: not on the CLI's light paths
 
     def say(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
-    raise typer.Exit(run(deployments(project), model=model, host=host, port=port, api_key=api_key,
-                         engine_kind=engine, max_batch=max_batch, batch_window_ms=batch_window_ms,
-                         default_max_tokens=max_tokens, threads=threads,
-                         limits=Limits(max_request_bytes, max_request_tokens), model_roots=tuple(model_roots or ()),
-                         allow_remote_weights=allow_remote_weights, say=say))
+    raise typer.Exit(deployments(project).serve(
+        model=model, host=host, port=port, api_key=api_key, engine_kind=engine, max_batch=max_batch,
+        batch_window_ms=batch_window_ms, default_max_tokens=max_tokens, threads=threads,
+        limits=Limits(max_request_bytes, max_request_tokens), model_roots=tuple(model_roots or ()),
+        allow_remote_weights=allow_remote_weights, say=say))
 
 
 def read_prompts(path: str, samples: int) -> list[tuple[str, str | None]]:

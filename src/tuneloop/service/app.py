@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # the services import the libraries they drive; load them whe
     from tuneloop.service.datasets import DatasetService
     from tuneloop.service.evaluators import EvaluatorService
     from tuneloop.service.jobs import JobService
-    from tuneloop.serving.deployments import DeploymentService
+    from tuneloop.service.deployments import DeploymentService
 
 
 @dataclass
@@ -53,8 +53,8 @@ class Services:
         return EvaluatorService(self.store, self.settings)
 
     def deployments(self, project: str, api_key: str | None = None) -> "DeploymentService":
-        """A project's deployment state and its server's admin calls (serving/ uses the same class)."""
-        from tuneloop.serving.deployments import DeploymentService
+        """A project's deployment state, `tuneloop serve`, and its server's admin calls."""
+        from tuneloop.service.deployments import DeploymentService
 
         return DeploymentService(self.store, self.settings, project, api_key=api_key)
 

@@ -1,10 +1,11 @@
 """What a running server serves, and the one way to change it: adapters and models are loaded
 into its engine only through `ServedModels`, which checks the weights first and records each
-change in the deployment state (deployments.py), so a restarted server serves the same set.
+change through its `Deployment` (the deployment service, service/deployments.py, passed in by
+`tuneloop serve`), so a restarted server serves the same set. Serving never opens the store.
 
-    served = ServedModels(engine, deployments, weights)
+    served = ServedModels(engine, deployment, weights)
     warnings = served.load_adapter("tuned", "/home/me/.tuneloop/jobs/J/adapter")
-    served.restore(deps.store.list_deployed(project), say=print)    # at start: what is recorded
+    served.restore(deployment.deployed(), say=print)                 # at start: what is recorded
 
 A path a request names must pass the weight policy (weights.py: under a model root, URLs only
 when allowed) before anything is read. These methods block (reading folders, fetching URLs,
@@ -13,25 +14,57 @@ loading weights): the admin routes run them in a worker thread.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from tuneloop.errors import TuneloopError
 from tuneloop.serving.adapters import check_adapter, check_full_model
-from tuneloop.serving.deployments import DeploymentService, Source
 from tuneloop.serving.engine import BaseModel, Engine
 from tuneloop.serving.weights import WeightPolicy
+from tuneloop.settings import load_settings
+
+
+@dataclass
+class Source:
+    """A folder to deploy and where it came from."""
+
+    path: Path
+    source: str                        # what the user gave, for the record
+    job_id: str | None = None
+    group: str | None = None
+    version: int | None = None
+
+
+class Deployment(Protocol):
+    """What the server records, and where: the deployment service (service/deployments.py)."""
+
+    project: str
+
+    def source(self, path: str) -> Source:
+        """The folder `path` names (unpacked or fetched into the cache), with its lineage."""
+
+    def record(self, name: str, kind: str, src: Source, base_model: str | None = None) -> None:
+        """Record an adapter (kind "adapter") or inference component ("ic") as served."""
+
+    def record_base(self, name: str, path: str, source: Source | None = None) -> None:
+        """Record the base clients call `name`, loaded from `path`."""
+
+    def forget(self, name: str, kind: str, *, missing_ok: bool = False) -> None:
+        """Drop a record."""
+
+    def record_server(self, host: str, port: int, pid: int, engine: str, api_key_required: bool) -> None:
+        """Record that this server runs (pid, where, which engine)."""
+
+    def clear_server(self, pid: int) -> None:
+        """Record that the server `pid` stopped."""
 
 
 class ServedModels:
-    def __init__(self, engine: Engine, deployments: DeploymentService | None = None,
+    def __init__(self, engine: Engine, deployment: Deployment | None = None,
                  weights: WeightPolicy | None = None) -> None:
-        if weights is None:
-            from tuneloop.settings import load_settings
-
-            weights = WeightPolicy.configured(deployments.settings if deployments else load_settings(),
-                                              allow_file=deployments.allow_file if deployments else None)
-        self.engine, self.deployments, self.weights = engine, deployments, weights
+        self.engine, self.deployment = engine, deployment
+        self.weights = weights if weights is not None else WeightPolicy.configured(load_settings())
 
     def _base_folder(self) -> Path | None:
         base = Path(self.engine.base.path)
@@ -40,18 +73,18 @@ class ServedModels:
     def _source(self, path: str, param: str) -> Source:
         """The folder a request's `lora_path` / `model_path` names, once the weight policy allows it."""
         path = self.weights.check(path, param)
-        if self.deployments is None:
+        if self.deployment is None:
             folder = Path(path)
             return Source(folder.resolve() if folder.exists() else folder, path)
-        return self.deployments.source(path)
+        return self.deployment.source(path)
 
     def load_adapter(self, name: str, path: str) -> list[str]:
         """Check, load and record an adapter; returns the check's warnings."""
         src = self._source(path, "lora_path")
         check = check_adapter(src.path, base_name=self.engine.base.name, base_folder=self._base_folder())
         self.engine.load_adapter(name, str(src.path))
-        if self.deployments:
-            self.deployments.record(name, "adapter", src, base_model=check.base_model)
+        if self.deployment:
+            self.deployment.record(name, "adapter", src, base_model=check.base_model)
         return check.warnings
 
     def unload_adapter(self, name: str) -> None:
@@ -63,8 +96,8 @@ class ServedModels:
         src = self._source(path, "model_path")
         check_full_model(src.path)
         self.engine.add_model(name, str(src.path))
-        if self.deployments:
-            self.deployments.record(name, "ic", src)
+        if self.deployment:
+            self.deployment.record(name, "ic", src)
         return str(src.path)
 
     def remove_model(self, name: str) -> None:
@@ -76,14 +109,14 @@ class ServedModels:
         src = self._source(path, "model_path")
         check_full_model(src.path)
         dropped = self.engine.replace_base(BaseModel(name, str(src.path)))
-        if self.deployments:
-            self.deployments.record_base(name, str(src.path), src)
+        if self.deployment:
+            self.deployment.record_base(name, str(src.path), src)
         return str(src.path), dropped
 
     def _forget(self, name: str, kind: str) -> None:
         # the CLI forgets a record before it asks the server to unload: a missing record is fine
-        if self.deployments:
-            self.deployments.forget(name, kind, missing_ok=True)
+        if self.deployment:
+            self.deployment.forget(name, kind, missing_ok=True)
 
     def restore(self, deployed: list[dict[str, Any]], say: Callable[[str], None]) -> None:
         """Load what the deployment state lists (already allowed when it was recorded); what no

@@ -5,9 +5,11 @@
 `create_app` builds the app after vLLM's entrypoints: the serving objects go on `app.state`
 (engine, `completions` for the OpenAI routes, `served` for the admin routes, limits, info), the
 routers of routes/ are included (health, openai, admin), every error is answered as an OpenAI
-error body by protocol.error_response, and request bodies are capped (limits.BodyLimit). `serve`
-picks the engine, loads what the deployment state records, and runs uvicorn (or `vllm serve`).
-Every change to what is served is written to the deployment state, so a restart serves the same.
+error body by protocol.error_response, and request bodies are capped (limits.BodyLimit). `run`
+picks the engine, loads the base and what the deployment records, and runs uvicorn (or `vllm
+serve`); the deployment service (service/deployments.py, `DeploymentService.serve`) decides the
+base and passes itself as the `Deployment` (served.py) that every change to what is served is
+recorded through, so a restart serves the same. Nothing here opens the store.
 What a request may cost is bounded (limits.py) and the weights a request names must lie under
 the server's model roots (weights.py).
 """
@@ -20,28 +22,29 @@ import time
 from contextlib import asynccontextmanager
 from typing import Any, Callable
 
+import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from tuneloop.errors import ConflictError, TuneloopError, ValidationError
+from tuneloop.errors import TuneloopError
 from tuneloop.serving import protocol as P
 from tuneloop.serving.adapters import check_adapter
 from tuneloop.serving.completions import DEFAULT_MAX_TOKENS, Completions
-from tuneloop.serving.deployments import DeploymentService
-from tuneloop.serving.engine import BaseModel, GeneratingEngine
+from tuneloop.serving.engine import BaseModel, GeneratingEngine, choose_engine
 from tuneloop.serving.limits import BodyLimit, Limits
 from tuneloop.serving.routes import admin, health, openai
-from tuneloop.serving.served import ServedModels
+from tuneloop.serving.served import Deployment, ServedModels
+from tuneloop.serving.vllm_engine import VLLMEngine
 from tuneloop.serving.weights import WeightPolicy
 
 
-def create_app(engine: GeneratingEngine, *, deployments: DeploymentService | None = None,
+def create_app(engine: GeneratingEngine, *, deployment: Deployment | None = None,
                api_key: str | None = None, info: dict[str, Any] | None = None,
                default_max_tokens: int = DEFAULT_MAX_TOKENS, on_ready: Callable[[], None] | None = None,
                limits: Limits = Limits(), weights: WeightPolicy | None = None) -> FastAPI:
-    """The app serving `engine`; with `deployments`, what the admin routes change is recorded."""
+    """The app serving `engine`; with `deployment`, what the admin routes change is recorded."""
 
     @asynccontextmanager
     async def lifespan(_app):
@@ -52,7 +55,7 @@ def create_app(engine: GeneratingEngine, *, deployments: DeploymentService | Non
     app = FastAPI(title="tuneloop", docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.engine = engine
     app.state.completions = Completions(engine, default_max_tokens=default_max_tokens, limits=limits)
-    app.state.served = ServedModels(engine, deployments, weights)
+    app.state.served = ServedModels(engine, deployment, weights)
     app.state.limits = limits
     app.state.api_key = api_key
     app.state.info = dict(info or {})
@@ -81,72 +84,51 @@ def port_free(host: str, port: int) -> bool:
     return True
 
 
-def serve(deps: DeploymentService, *, model: str | None, host: str, port: int, api_key: str | None,
-          engine_kind: str = "auto", max_batch: int = 32, batch_window_ms: float = 10.0,
-          default_max_tokens: int = DEFAULT_MAX_TOKENS, threads: int | None = None,
-          limits: Limits = Limits(), model_roots: tuple[str, ...] = (), allow_remote_weights: bool = False,
-          say: Callable[[str], None] = print) -> int:
-    """Serve the project's deployment until interrupted; returns the exit code."""
-    from tuneloop.serving.engine import choose_engine
-
-    running = deps.running_server()
-    if running is not None:
-        raise ConflictError(f"A server for project {deps.project!r} already runs at {running.url} "
-                            f"(pid {running.pid}).", hint="Stop it first, or serve another project (--project).")
-    if not port_free(host, port):
-        raise ValidationError(f"Port {port} on {host} is in use.", hint="Pick another with --port.", param="port")
+def run(deployment: Deployment, name: str, path: str, deployed: list[dict[str, Any]], *, host: str, port: int,
+        api_key: str | None, weights: WeightPolicy, engine_kind: str = "auto", max_batch: int = 32,
+        batch_window_ms: float = 10.0, default_max_tokens: int = DEFAULT_MAX_TOKENS, threads: int | None = None,
+        limits: Limits = Limits(), say: Callable[[str], None] = print) -> int:
+    """Serve base `name` (loaded from `path`) and the `deployed` records until interrupted, recording
+    through `deployment`; returns the exit code."""
     kind = choose_engine(engine_kind)
-    row = deps.store.get_deployment(deps.project)
-    if model and (row is None or model != row["base_model"]):
-        name, path = deps.set_base(model)  # a new base for the deployment (no lineage)
-    else:  # the recorded base (lineage kept), or the default model
-        name, path = deps.resolve_base(row["base_model"] if row else deps.default_base())
-        deps.store.upsert_deployment(deps.project, base_model=name, base_path=path)
     base = BaseModel(name, path)
-    deployed = deps.store.list_deployed(deps.project)
     if kind == "vllm":
-        return _serve_vllm(deps, base, deployed, host, port, api_key, say)
+        return _serve_vllm(deployment, base, deployed, host, port, api_key, say)
 
-    from tuneloop.serving.hf_engine import TransformersEngine
+    from tuneloop.serving.hf_engine import TransformersEngine  # torch and transformers load here
 
     say(f"Loading {name} ...")
     engine = TransformersEngine(base, max_batch=max_batch, batch_window_ms=batch_window_ms, threads=threads)
     try:
-        info = {"project": deps.project, "base": name}
+        info = {"project": deployment.project, "base": name}
         pid = os.getpid()
 
         def ready() -> None:
-            deps.record_server(host, port, pid, "transformers", api_key is not None)
+            deployment.record_server(host, port, pid, "transformers", api_key is not None)
             say(f"Serving {engine.base.name} and {len(engine.models()) - 1} more model(s) at http://{host}:{port}/v1 "
                 f"(OpenAI-compatible; pid {pid}). Ctrl-C stops.")
 
-        weights = WeightPolicy.configured(deps.settings, roots=model_roots, allow_remote=allow_remote_weights,
-                                          allow_file=deps.allow_file)
-        app = create_app(engine, deployments=deps, api_key=api_key, info=info, default_max_tokens=default_max_tokens,
-                         on_ready=ready, limits=limits, weights=weights)
+        app = create_app(engine, deployment=deployment, api_key=api_key, info=info,
+                         default_max_tokens=default_max_tokens, on_ready=ready, limits=limits, weights=weights)
         app.state.served.restore(deployed, say)
-        return _run_uvicorn(app, deps, host, port)
+        return _run_uvicorn(app, deployment, host, port)
     finally:
         engine.close()
 
 
-def _run_uvicorn(app, deps: DeploymentService, host: str, port: int) -> int:
-    import uvicorn
-
+def _run_uvicorn(app, deployment: Deployment, host: str, port: int) -> int:
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
                             timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
     try:
         server.run()
     finally:
-        deps.clear_server(os.getpid())
+        deployment.clear_server(os.getpid())
     return 0 if server.started else 1
 
 
-def _serve_vllm(deps: DeploymentService, base: BaseModel, deployed: list[dict[str, Any]], host: str, port: int,
+def _serve_vllm(deployment: Deployment, base: BaseModel, deployed: list[dict[str, Any]], host: str, port: int,
                 api_key: str | None, say: Callable[[str], None]) -> int:
-    from tuneloop.serving.vllm_engine import VLLMEngine
-
     adapters = {d["name"]: d["path"] for d in deployed if d["kind"] == "adapter"}
     for d in deployed:
         if d["kind"] == "ic":
@@ -158,9 +140,9 @@ def _serve_vllm(deps: DeploymentService, base: BaseModel, deployed: list[dict[st
     pid = engine.start()
     try:
         engine.wait_ready()
-        deps.record_server(host, port, pid, "vllm", api_key is not None)
+        deployment.record_server(host, port, pid, "vllm", api_key is not None)
         say(f"Serving {base.name} with vLLM at http://{host}:{port}/v1 (pid {pid}). Ctrl-C stops.")
         return engine.proc.wait()
     finally:
         engine.close()
-        deps.clear_server(pid)
+        deployment.clear_server(pid)

@@ -1,7 +1,8 @@
 """What the server serves: vLLM's adapter API (POST /v1/load_lora_adapter, /v1/unload_lora_adapter)
 and tuneloop's own (POST /v1/load_inference_component, /v1/unload_inference_component,
 /v1/replace_base_model). Each goes through `app.state.served` (served.py: weight policy, checks,
-engine, deployment record) in a worker thread, so loading weights never blocks the event loop."""
+engine, and the record through the deployment service's `Deployment` interface) in a worker
+thread, so loading weights never blocks the event loop."""
 
 from __future__ import annotations
 

@@ -1,14 +1,17 @@
-"""Deployment state and the commands that change it: what a project serves (base, adapters,
-inference components, with the tune job and registry version each came from), where its server
-runs, and the running server's admin endpoints.
+"""The deployment service: what a project serves (base, adapters, inference components, with the
+tune job and registry version each came from), where its server runs, and the running server's
+admin endpoints. The CLI's deploy commands, `tuneloop serve` and the demo call it; the server
+(serving/) gets it as its `Deployment` interface (serving/served.py), so what the admin routes
+change is recorded here and nowhere else.
 
-    deps = DeploymentService(store, settings, project="default")
+    deps = open_services().deployments("default")
     deps.add_adapter("tuned", from_tune=True, ref="sft")     # checks, hot-loads if serving, persists
     deps.running_server()                                    # ServerInfo or None
+    deps.serve(model=None, host="127.0.0.1", port=8000, api_key=None)   # tuneloop serve
 
-The CLI and the server call the same methods; a server started later loads what is recorded here.
-A running server loads request paths only from under its model roots (weights.py); the folders the
-CLI names go on the project's allow-list first, since the operator chose them on this machine.
+A server started later loads what is recorded here. A running server loads request paths only
+from under its model roots (serving/weights.py); the folders the CLI names go on the project's
+allow-list first, since the operator chose them on this machine.
 """
 
 from __future__ import annotations
@@ -16,28 +19,25 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from tuneloop.processes import pid_alive
+import httpx
+
+from tuneloop.catalog import load_catalog
 from tuneloop.errors import AuthenticationError, ConflictError, NotFoundError, ServerError, ValidationError
 from tuneloop.models.hub import cached_folder
 from tuneloop.models.resolve import resolve
+from tuneloop.processes import pid_alive
 from tuneloop.registry import resolve_from_tune
 from tuneloop.serving.adapters import AdapterInfo, check_adapter, check_full_model, localize
-from tuneloop.serving.weights import allow
+from tuneloop.serving.engine import choose_engine
+from tuneloop.serving.served import Source
+from tuneloop.serving.weights import WeightPolicy, allow
 from tuneloop.settings import Settings
 from tuneloop.store import Store
+from tuneloop.store.db import utcnow
 
-
-@dataclass
-class Source:
-    """A folder to deploy and where it came from."""
-
-    path: Path
-    source: str                        # what the user gave, for the record
-    job_id: str | None = None
-    group: str | None = None
-    version: int | None = None
+__all__ = ["Change", "DeploymentService", "ServerInfo", "Source"]
 
 
 @dataclass
@@ -86,8 +86,6 @@ class DeploymentService:
 
     @staticmethod
     def default_base() -> str:
-        from tuneloop.catalog import load_catalog
-
         return load_catalog().default_model().id
 
     def base_name(self) -> str:
@@ -162,6 +160,10 @@ class DeploymentService:
         return check_adapter(path, base_name=self.base_name(), base_folder=self.base_folder())
 
     # ---- records ----------------------------------------------------------------------------
+    def deployed(self, kind: str | None = None) -> list[dict[str, Any]]:
+        """The recorded adapters and inference components (of one `kind`: adapter | ic)."""
+        return self.store.list_deployed(self.project, kind)
+
     def record(self, name: str, kind: str, src: Source, base_model: str | None = None) -> None:
         if self.store.get_deployment(self.project) is None:  # the base is resolved when a server starts
             self.store.upsert_deployment(self.project, base_model=self.default_base())
@@ -256,10 +258,35 @@ class DeploymentService:
         self.set_base(model, src)
         return Change(name, "base", path, bool(server), warnings, _lineage_text(src) if src else None)
 
+    # ---- tuneloop serve ----------------------------------------------------------------------
+    def serve(self, *, model: str | None, host: str, port: int, api_key: str | None, engine_kind: str = "auto",
+              model_roots: tuple[str, ...] = (), allow_remote_weights: bool = False,
+              say: Callable[[str], None] = print, **options: Any) -> int:
+        """Serve the project's deployment until interrupted (serving/server.py's `run`, with this
+        service as its `Deployment`); returns the exit code. `options`: max_batch,
+        batch_window_ms, default_max_tokens, threads, limits."""
+        from tuneloop.serving.server import port_free, run  # the server's imports (FastAPI) only here
+
+        running = self.running_server()
+        if running is not None:
+            raise ConflictError(f"A server for project {self.project!r} already runs at {running.url} "
+                                f"(pid {running.pid}).", hint="Stop it first, or serve another project (--project).")
+        if not port_free(host, port):
+            raise ValidationError(f"Port {port} on {host} is in use.", hint="Pick another with --port.", param="port")
+        kind = choose_engine(engine_kind)
+        row = self.store.get_deployment(self.project)
+        if model and (row is None or model != row["base_model"]):
+            name, path = self.set_base(model)  # a new base for the deployment (no lineage)
+        else:  # the recorded base (lineage kept), or the default model
+            name, path = self.resolve_base(row["base_model"] if row else self.default_base())
+            self.store.upsert_deployment(self.project, base_model=name, base_path=path)
+        weights = WeightPolicy.configured(self.settings, roots=model_roots, allow_remote=allow_remote_weights,
+                                          allow_file=self.allow_file)
+        return run(self, name, path, self.deployed(), host=host, port=port, api_key=api_key, weights=weights,
+                   engine_kind=kind, say=say, **options)
+
     # ---- the running server -----------------------------------------------------------------
     def record_server(self, host: str, port: int, pid: int, engine: str, api_key_required: bool) -> None:
-        from tuneloop.store.db import utcnow
-
         self.store.upsert_deployment(self.project, host=host, port=port, pid=pid, server_host=socket.gethostname(),
                                      engine=engine, api_key_required=api_key_required, started_at=utcnow())
 
@@ -276,8 +303,6 @@ class DeploymentService:
             return None
         host = "127.0.0.1" if row["host"] in ("0.0.0.0", "::", "") else row["host"]
         url = f"http://{host}:{row['port']}"
-        import httpx
-
         try:
             r = httpx.get(url + "/health", timeout=5)
         except httpx.HTTPError:
@@ -309,8 +334,6 @@ class DeploymentService:
 
     def _post(self, server: ServerInfo, path: str, body: dict[str, Any], *, timeout: float = 120,
               missing_ok: bool = False) -> Any:
-        import httpx
-
         try:
             r = httpx.post(server.url + path, json=body, headers=self.headers(server), timeout=timeout)
         except httpx.HTTPError as e:
@@ -327,8 +350,6 @@ class DeploymentService:
     # ---- tuneloop test ----------------------------------------------------------------------
     def ask(self, server: ServerInfo, model: str, prompts: list[str], max_tokens: int = 64) -> list[str]:
         """Greedy answers of `model` to user prompts through /v1/chat/completions."""
-        import httpx
-
         answers = []
         with httpx.Client(base_url=server.url, headers=self.headers(server), timeout=300) as client:
             for prompt in prompts:
@@ -341,8 +362,6 @@ class DeploymentService:
         return answers
 
     def served_models(self, server: ServerInfo) -> list[dict[str, Any]]:
-        import httpx
-
         r = httpx.get(server.url + "/v1/models", headers=self.headers(server), timeout=30)
         if r.status_code >= 400:
             raise _server_error(r)
