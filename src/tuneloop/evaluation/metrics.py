@@ -5,8 +5,9 @@
     pairwise_verdict("A")       # 1.0 (A better), 0.0 (B better), 0.5 (tie), None (no verdict)
 
 A prompt is a string (one user turn) or a message list; the answer is the assistant turn after it,
-rendered through the model's chat template when it has one. Only the answer's tokens count, as in
-training.
+rendered through the model's chat template when it has one. Only the tokens the training loss
+covers count, tokenized by the same function (tuneloop.training.tokenize): the answer through its
+end-of-turn token; `row_logprobs` scores staged rows, every assistant turn of a messages row.
 """
 
 from __future__ import annotations
@@ -15,52 +16,57 @@ import math
 import re
 from typing import Any, Sequence
 
-
-def _messages(prompt: Any) -> list[dict[str, str]]:
-    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+from tuneloop.training.tokenize import Encoded, encode_row
 
 
-def encode(tok, prompt: Any, answer: str) -> tuple[list[int], int]:
-    """Token ids of prompt + answer, and how many of them are the prompt."""
-    if getattr(tok, "chat_template", None):
-        msgs = _messages(prompt)
-        p_ids = tok.apply_chat_template(msgs, tokenize=True, add_generation_prompt=True, return_dict=True)["input_ids"]
-        ids = tok.apply_chat_template(msgs + [{"role": "assistant", "content": answer}], tokenize=True,
-                                      return_dict=True)["input_ids"]
-        if ids[:len(p_ids)] != p_ids:  # a template that renders the history differently once answered
-            p_ids = ids[:len(p_ids)]
-        return list(ids), len(p_ids)
-    text = prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in prompt)
-    p_ids = tok(text, add_special_tokens=False)["input_ids"]
-    return p_ids + tok(answer, add_special_tokens=False)["input_ids"], len(p_ids)
+def encode(tok, prompt: Any, answer: str) -> Encoded:
+    """The tokens of prompt + answer and the mask of the answer's (the one SFT tokenization,
+    tuneloop.training.tokenize: the assistant turn through its end-of-turn token, or the plain
+    completion and eos without a chat template)."""
+    return encode_row(tok, {"prompt": prompt, "completion": answer})
 
 
 def answer_logprobs(model, tok, pairs: Sequence[tuple[Any, str]], batch_size: int = 8) -> list[tuple[float, int, int]]:
     """Per (prompt, answer): sum of log p(answer tokens), their count, and how many the model's
-    argmax predicts. Right-padded batches; padding never counts."""
+    argmax predicts."""
+    return masked_logprobs(model, tok, [encode(tok, p, a) for p, a in pairs], batch_size)
+
+
+def row_logprobs(model, tok, rows: Sequence[dict[str, Any]], batch_size: int = 8) -> list[tuple[float, int, int]]:
+    """The same per staged SFT row (prompt/completion, or messages: every assistant turn), the
+    tokens its training loss covers."""
+    return masked_logprobs(model, tok, [encode_row(tok, r, where=f"row {i}") for i, r in enumerate(rows, 1)],
+                           batch_size)
+
+
+def masked_logprobs(model, tok, encoded: Sequence[Encoded], batch_size: int = 8) -> list[tuple[float, int, int]]:
+    """Per encoded row: sum of log p over its masked tokens, their count, argmax hits.
+    Right-padded batches; padding is masked by position (attention mask, row length), never by
+    token id, so a pad token equal to eos leaves the real eos scored."""
     import torch
 
-    encoded = [encode(tok, p, a) for p, a in pairs]
     out: list[tuple[float, int, int]] = []
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     device = next(model.parameters()).device
     for i in range(0, len(encoded), batch_size):
         chunk = encoded[i:i + batch_size]
-        width = max(len(ids) for ids, _ in chunk)
+        width = max(len(e.input_ids) for e in chunk)
         ids = torch.full((len(chunk), width), pad, dtype=torch.long)
         attn = torch.zeros((len(chunk), width), dtype=torch.long)
-        for j, (row, _) in enumerate(chunk):
-            ids[j, :len(row)] = torch.tensor(row)
-            attn[j, :len(row)] = 1
+        for j, e in enumerate(chunk):
+            ids[j, :len(e.input_ids)] = torch.tensor(e.input_ids)
+            attn[j, :len(e.input_ids)] = 1
         with torch.no_grad():
             logits = model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits[:, :-1].float().cpu()
         logp = torch.log_softmax(logits, -1)
         targets = ids[:, 1:]
         picked = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
         hits = logits.argmax(-1) == targets
-        for j, (row, n_prompt) in enumerate(chunk):
-            span = slice(n_prompt - 1, len(row) - 1)   # positions predicting the answer's tokens
-            out.append((float(picked[j, span].sum()), len(row) - n_prompt, int(hits[j, span].sum())))
+        for j, e in enumerate(chunk):
+            # position k - 1 predicts token k; a trained first token has nothing before it to predict it
+            span = torch.zeros(width - 1, dtype=torch.bool)
+            span[:len(e.mask) - 1] = torch.tensor(e.mask[1:], dtype=torch.bool)
+            out.append((float(picked[j][span].sum()), int(span.sum()), int(hits[j][span].sum())))
     return out
 
 

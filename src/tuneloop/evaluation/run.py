@@ -103,11 +103,13 @@ def _split(row: dict[str, Any]) -> tuple[Any, str]:
 
 
 def _sft(model, tok, rows, max_new_tokens) -> tuple[dict[str, float], list[str]]:
-    from tuneloop.evaluation.metrics import answer_logprobs, sft_metrics
+    """Loss, perplexity and token accuracy on the tokens training covers (every assistant turn of a
+    messages row), exact match of the greedy answer to the last turn."""
+    from tuneloop.evaluation.metrics import row_logprobs, sft_metrics
     from tuneloop.evaluation.quick import generate
 
     pairs = [_split(r) for r in rows]
-    metrics = sft_metrics(answer_logprobs(model, tok, pairs))
+    metrics = sft_metrics(row_logprobs(model, tok, rows))
     answers = generate(model, tok, [p for p, _ in pairs], max_new_tokens)
     metrics["exact_match"] = sum(a.strip() == ref.strip() for a, (_, ref) in zip(answers, pairs)) / len(pairs)
     return metrics, answers
