@@ -49,7 +49,7 @@ def tune(
     mlflow_experiment: Optional[str] = typer.Option(None, "--mlflow-experiment",
                                                     help="MLflow experiment [default: tuneloop-<project>]."),
     mlflow_run_name: Optional[str] = typer.Option(None, "--mlflow-run-name", help="MLflow run name [default: the job]."),
-    column_map: Optional[str] = typer.Option(None, "--column-map", help='Rename columns: "input:prompt,output:completion" or "prompt=question".'),
+    column_map: Optional[str] = typer.Option(None, "--column-map", help='Rename columns: "input:prompt,output:completion" or "prompt=question"; drop one on purpose: "notes:".'),
     no_transform: bool = typer.Option(False, "--no-transform", help="Halt instead of flattening chat-format columns."),
     validation_dataset: Optional[str] = typer.Option(None, "--validation-dataset", help="Validation data (same format)."),
     validation_split: Optional[float] = typer.Option(None, "--validation-split", help="Hold out this share of the rows as validation data (deterministic, e.g. 0.1)."),
