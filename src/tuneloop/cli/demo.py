@@ -1,11 +1,15 @@
-"""tuneloop demo (run by `make demo`): the whole loop on the built-in default model.
+"""tuneloop demo [--model REF] [--dry-run] (run by `make demo`): the whole loop on the built-in
+default model, or on any model the resolver takes (a folder, a catalog id, a .gguf file).
 
 Shows the base model's answers, runs SFT (LoRA) on a bundled set, shows the tuned answers, runs
 DPO on a bundled preference set, runs RLVR (GRPO) on a verifiable task after a short SFT warm start
 (exact match on held-out prompts before/after), serves the SFT adapter with `tuneloop serve` and asks it through
 the official openai client, and prints a summary: loss, exact match before/after, preference
 accuracy before/after. Jobs go through the same service and runner processes as `tuneloop tune`,
-in project `demo` of your TUNELOOP_HOME.
+in project `demo` of your TUNELOOP_HOME. `--model REF` runs every job, the evaluations and the
+server on that model (the bundled tasks are plain chat questions: capitals, polite replies, copy a
+word, which a real chat model answers through its template); `--dry-run` resolves the model,
+stages the demo's data and prints each job's plan, training nothing.
 """
 
 from __future__ import annotations
@@ -26,11 +30,11 @@ def _data(name: str) -> Path:
     return Path(str(resources.files("tuneloop") / "demo_data" / name))
 
 
-def _run_job(console: Console, svc, technique: str, dataset: Path) -> dict:
+def _run_job(console: Console, svc, technique: str, dataset: Path, model: str | None = None) -> dict:
     from tuneloop.cli.follow import follow
     from tuneloop.service.jobs import TuneRequest
 
-    prep = svc.prepare(TuneRequest(technique=technique, dataset=str(dataset), project=PROJECT))
+    prep = svc.prepare(TuneRequest(technique=technique, dataset=str(dataset), project=PROJECT, model=model))
     p = prep.plan
     console.print(f"  plan: {p.device}/{p.precision}, batch {p.per_device_batch}x{p.grad_accum}, {p.total_steps} steps, "
                   f"lr {p.learning_rate:g}, LoRA r{p.lora_rank}")
@@ -45,25 +49,60 @@ def _run_job(console: Console, svc, technique: str, dataset: Path) -> dict:
     return job
 
 
-def run_demo(keep: bool = False) -> int:
+def run_demo(keep: bool = False, model: str | None = None, dry_run: bool = False) -> int:
     from tuneloop.cli.common import service
     from tuneloop.errors import TuneloopError
 
     console = Console()
     try:
-        return _demo(console, service())
+        if dry_run:
+            return _dry_run(console, service(), model)
+        return _demo(console, service(), model)
     except TuneloopError as e:
         console.print(e.render(), markup=False)
         return e.exit_code
 
 
-def _demo(console: Console, svc) -> int:
+def _resolve(svc, model: str):
+    """The demo's model, checked as `tuneloop tune --technique sft --model REF` checks it."""
+    from tuneloop.models.resolve import resolve
+
+    return resolve(model, technique="sft", project=PROJECT, lookups=svc.model_lookups(),
+                   models_dir=svc.settings.models_dir)
+
+
+def _dry_run(console: Console, svc, model: str | None) -> int:
+    """Resolve the model, stage the demo's data and plan its jobs (RLVR from the base model: its
+    real run continues from the warm start's adapter); nothing is created."""
+    from tuneloop.service.jobs import TuneRequest
+
+    name = _resolve(svc, model).name if model else "tuneloop/tiny-qwen3"
+    console.rule(f"[bold]Dry run: the demo's jobs on {name} (nothing is trained)")
+    for label, technique, dataset, extra in (
+            ("SFT", "sft", "sft.jsonl", {}), ("DPO", "dpo", "dpo.jsonl", {}),
+            ("RLVR warm start (SFT)", "sft", "rlvr_warmstart.jsonl", {"hyperparameters": {"max_steps": 12}}),
+            ("RLVR", "rlvr", "rlvr.jsonl", {"reward_function": "builtin:exact_match",
+                                            "hyperparameters": {"max_steps": 30}})):
+        prep = svc.prepare(TuneRequest(technique=technique, dataset=str(_data(dataset)), project=PROJECT, model=model,
+                                       **extra), dry_run=True)
+        p = prep.plan
+        console.print(f"  {label}: model {prep.spec.model}, {prep.staged.rows} rows, {p.device}/{p.precision}, "
+                      f"batch {p.per_device_batch}x{p.grad_accum}, {p.total_steps} steps, lr {p.learning_rate:g}, "
+                      f"est. {p.est_time_s:.0f} s")
+    return 0
+
+
+def _demo(console: Console, svc, model: str | None = None) -> int:
     from tuneloop.evaluation.quick import exact_match, generate, load_for_eval, preference_accuracy
     from tuneloop.models.builtin import ensure_builtin
 
     started = time.monotonic()
-    model_id = "tuneloop/tiny-qwen3"
-    base_dir = str(ensure_builtin(model_id, svc.settings.models_dir))
+    if model is None:
+        model_id = "tuneloop/tiny-qwen3"
+        base_dir = str(ensure_builtin(model_id, svc.settings.models_dir))
+    else:  # any reference the resolver takes; a GGUF file is converted once here, the jobs reuse it
+        ref = _resolve(svc, model)
+        model_id, base_dir = ref.name, ref.load_path()
     sft_rows, dpo_rows = read_rows(_data("sft.jsonl")), read_rows(_data("dpo.jsonl"))
     prompts, refs = [r["prompt"] for r in sft_rows], [r["completion"] for r in sft_rows]
 
@@ -75,7 +114,7 @@ def _demo(console: Console, svc) -> int:
     console.print(f"  exact match on {len(prompts)} bundled questions: {em_before:.0%}")
 
     console.rule("[bold]2. SFT (LoRA) on the bundled question set")
-    sft_job = _run_job(console, svc, "sft", _data("sft.jsonl"))
+    sft_job = _run_job(console, svc, "sft", _data("sft.jsonl"), model)
     tuned, tok = load_for_eval(base_dir, sft_job["output_path"])
     tuned_answers = generate(tuned, tok, prompts)
     em_after = exact_match(tuned_answers, refs)
@@ -88,15 +127,15 @@ def _demo(console: Console, svc) -> int:
     console.print(table)
 
     console.rule("[bold]3. DPO (LoRA) on the bundled preference set")
-    dpo_job = _run_job(console, svc, "dpo", _data("dpo.jsonl"))
+    dpo_job = _run_job(console, svc, "dpo", _data("dpo.jsonl"), model)
     dpo_model, tok = load_for_eval(base_dir, dpo_job["output_path"])
     pref_after, _ = preference_accuracy(dpo_model, tok, dpo_rows)
 
     console.rule("[bold]4. RLVR (GRPO, LoRA) on a verifiable task: copy the colour word, reward builtin:exact_match")
-    rl_before, rl_after, rl_job = _rlvr_stage(console, svc, base_dir)
+    rl_before, rl_after, rl_job = _rlvr_stage(console, svc, base_dir, model)
 
     console.rule("[bold]5. Serve the SFT adapter (OpenAI-compatible) and ask it through the openai client")
-    served_before, served_after = _serve_stage(console, svc, prompts[:6], refs[:6])
+    served_before, served_after = _serve_stage(console, svc, prompts[:6], refs[:6], model)
 
     console.rule("[bold]Summary")
     summary = Table(show_header=True)
@@ -119,7 +158,7 @@ def _demo(console: Console, svc) -> int:
     return 0
 
 
-def _rlvr_stage(console: Console, svc, base_dir: str) -> tuple[float, float, dict]:
+def _rlvr_stage(console: Console, svc, base_dir: str, model: str | None = None) -> tuple[float, float, dict]:
     """A short SFT teaches the answer format on 8 examples (project demo-warmstart, so the demo's
     SFT adapter stays the one served); RLVR continues from that adapter on 128 other prompts with
     a verifiable reward; exact match on 64 held-out prompts before and after."""
@@ -133,7 +172,7 @@ def _rlvr_stage(console: Console, svc, base_dir: str) -> tuple[float, float, dic
     jobs = {}
     for technique, request in (
         ("sft", TuneRequest(technique="sft", dataset=str(_data("rlvr_warmstart.jsonl")), project=f"{PROJECT}-warmstart",
-                            hyperparameters={"max_steps": 12})),
+                            model=model, hyperparameters={"max_steps": 12})),
         ("rlvr", None),
     ):
         if request is None:
@@ -169,7 +208,8 @@ def _rlvr_stage(console: Console, svc, base_dir: str) -> tuple[float, float, dic
     return exact_match(before_answers, refs), exact_match(after_answers, refs), jobs["rlvr"]
 
 
-def _serve_stage(console: Console, svc, prompts: list[str], refs: list[str]) -> tuple[float, float]:
+def _serve_stage(console: Console, svc, prompts: list[str], refs: list[str],
+                 model: str | None = None) -> tuple[float, float]:
     """`tuneloop serve` in a subprocess, `adapter add tuned-sft --from-tune sft` hot-loads the SFT
     adapter, the openai client asks the base and the adapter; returns their exact match."""
     import os
@@ -193,8 +233,8 @@ def _serve_stage(console: Console, svc, prompts: list[str], refs: list[str]) -> 
     env = {**os.environ, "TUNELOOP_HOME": str(svc.settings.home), "TUNELOOP_DATABASE_URL": svc.settings.database_url,
            "TUNELOOP_MODELS_DIR": str(svc.settings.models_dir)}
     with open(log_path, "ab") as log:
-        server = subprocess.Popen([sys.executable, "-m", "tuneloop", "serve", "--project", PROJECT, "--port", str(port)],
-                                  stdout=log, stderr=subprocess.STDOUT, env=env)
+        server = subprocess.Popen([sys.executable, "-m", "tuneloop", "serve", "--project", PROJECT, "--port", str(port)]
+                                  + (["--model", model] if model else []), stdout=log, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180
@@ -209,7 +249,8 @@ def _serve_stage(console: Console, svc, prompts: list[str], refs: list[str]) -> 
 
                 raise ServerError(f"tuneloop serve did not start; see {log_path}")
             time.sleep(0.5)
-        console.print(f"  tuneloop serve --project {PROJECT} --port {port}  (pid {server.pid})")
+        console.print(f"  tuneloop serve --project {PROJECT} --port {port}{f' --model {model}' if model else ''}  "
+                      f"(pid {server.pid})")
         change = deps.add_adapter("tuned-sft", from_tune=True, ref="sft")
         console.print(f"  tuneloop adapter add tuned-sft --from-tune sft  -> hot-loaded ({change.lineage})")
         client = openai.OpenAI(base_url=url + "/v1", api_key="demo")
