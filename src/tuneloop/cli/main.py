@@ -4,6 +4,7 @@ not train (help, status, config) answer without loading torch or TRL."""
 from __future__ import annotations
 
 import os
+from typing import Optional
 
 import typer
 
@@ -35,11 +36,15 @@ app.command("deployment")(deploy.deployment)
 
 
 @app.command("demo")
-def demo(keep: bool = typer.Option(False, "--keep", help="Keep the demo's TUNELOOP_HOME instead of a temporary one.")) -> None:
+def demo(keep: bool = typer.Option(False, "--keep", help="Keep the demo's TUNELOOP_HOME instead of a temporary one."),
+         model: Optional[str] = typer.Option(None, "--model", help="Run the loop on this model: a folder, a catalog "
+                                             "id or a .gguf file [default: tuneloop/tiny-qwen3]."),
+         dry_run: bool = typer.Option(False, "--dry-run", help="Resolve the model, stage the data and print each "
+                                      "job's plan; train nothing.")) -> None:
     """Run the whole loop on the built-in model: base answers, SFT, tuned answers, DPO, summary."""
     from tuneloop.cli.demo import run_demo
 
-    raise typer.Exit(run_demo(keep=keep))
+    raise typer.Exit(run_demo(keep=keep, model=model, dry_run=dry_run))
 
 
 def main() -> None:
