@@ -126,7 +126,8 @@ def test_the_first_line_with_text_is_named(tmp_path):
 def test_metadata_labels_numbers_and_reference_answers_are_not_text_columns(tmp_path):
     rows = [{"prompt": "What is 2+2?", "completion": "4", "id": "3f2a-99c1", "source": "grade school math v2 set",
              "category": "open_qa", "difficulty": 3, "verified": True, "tag2": "arithmetic",
-             "answer": "four, as in two plus two", "score_chosen": 8.5, "meta": {"split": "train"}}]
+             "answer": "four, as in two plus two", "score_chosen": 8.5,
+             "metadata": {"title": "A worksheet of sums for grade one"}}]
     assert stage(tmp_path, rows).rows == 1
 
 

@@ -16,7 +16,7 @@ from tuneloop.data.schema import ALIASES, REFERENCE_COLUMNS, SCHEMAS
 # Columns that describe a row rather than hold what it says: never refused when a format does not
 # read them (besides the reference-answer columns, which graders and evaluation read).
 METADATA_COLUMNS = frozenset((
-    "id", "idx", "index", "uid", "uuid", "key", "source", "sources", "dataset", "subset", "split", "url", "urls",
+    "id", "idx", "index", "uid", "uuid", "key", "meta", "metadata", "source", "sources", "dataset", "subset", "split", "url", "urls",
     "link", "category", "categories", "tag", "tags", "task", "task_type", "type", "topic", "domain", "lang",
     "language", "license", "date", "timestamp", "created", "created_at", "model", "models", "author",
     "reward", "rewards", "reward_model", "score", "scores", "rating", "ratings", "weight", "difficulty", "level",
