@@ -53,7 +53,7 @@ def create(name: str = typer.Argument(..., help="Evaluator name (letters, digits
 @handle_errors
 def list_(as_json: bool = typer.Option(False, "--json")) -> None:
     """Every evaluator, at its latest version."""
-    rows = _service().assets.list()
+    rows = _service().list()
     if as_json:
         return print_json([_public(r) for r in rows])
     if not rows:
@@ -76,8 +76,8 @@ def show(ref: str = typer.Argument(..., help="NAME (latest version) or NAME@vN."
          as_json: bool = typer.Option(False, "--json")) -> None:
     """One evaluator version, with its frozen content."""
     svc = _service()
-    row = svc.assets.get(ref)
-    content = svc.assets.content(row)
+    row = svc.get(ref)
+    content = svc.content(row)
     if as_json:
         return print_json(_public(row) | {"content": content})
     for k, v in _public(row).items():
@@ -90,7 +90,7 @@ def show(ref: str = typer.Argument(..., help="NAME (latest version) or NAME@vN."
 @handle_errors
 def versions(name: str = typer.Argument(...), as_json: bool = typer.Option(False, "--json")) -> None:
     """Every version of NAME."""
-    rows = _service().assets.versions(name)
+    rows = _service().versions(name)
     if as_json:
         return print_json([_public(r) for r in rows])
     for r in rows:

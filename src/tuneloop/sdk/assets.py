@@ -167,15 +167,15 @@ class Evaluator:
     @classmethod
     def get(cls, name: str) -> "Evaluator":
         """`name` (latest version) or `name@vN`."""
-        return cls(cls._service().assets.get(name))
+        return cls(cls._service().get(name))
 
     @classmethod
     def get_all(cls, max_results: int | None = None) -> list["Evaluator"]:
-        rows = cls._service().assets.list()
+        rows = cls._service().list()
         return [cls(r) for r in (rows[:max_results] if max_results else rows)]
 
     def get_versions(self) -> list["Evaluator"]:
-        return [Evaluator(r) for r in self._service().assets.versions(self.name)]
+        return [Evaluator(r) for r in self._service().versions(self.name)]
 
     def verify(self, dataset: str, samples: int = 8, judge_model: str | None = None):
         """Run it on sample rows of `dataset`; the result has `.ok`, `.reports` and `.to_dict()`."""

@@ -24,6 +24,7 @@ from tuneloop.data.sources import NAME_RE, REF_RE
 from tuneloop.data.stage import StageResult, split_staged, stage_dataset
 from tuneloop.data.staged import read_rows
 from tuneloop.errors import DatasetError, NotFoundError, ValidationError
+from tuneloop.store.assets import split_ref
 
 SAMPLE_ROWS = 3
 
@@ -51,7 +52,7 @@ class DatasetService:
         try:
             staged = stage_dataset(source, technique, work / "data.jsonl", column_map=column_map,
                                    no_transform=no_transform, take=take, reward_model=reward_model,
-                                   lookup=self.store.get_dataset_version, command=command)
+                                   lookup=self.store.datasets.get, command=command)
             row = self._store(name, staged, technique, source, column_map, description)
         finally:
             shutil.rmtree(work, ignore_errors=True)
@@ -60,7 +61,7 @@ class DatasetService:
     def _store(self, name: str, staged: StageResult, technique: str, source: str, column_map: str | None,
                description: str | None, parent: str | None = None, extra: dict[str, Any] | None = None
                ) -> dict[str, Any]:
-        existing = self.store.dataset_version_by_sha(name, staged.sha256)
+        existing = self.store.datasets.by_sha(name, staged.sha256)
         if existing is not None:
             return existing | {"created": False}
         folder = self.root / name / f"tmp-{uuid.uuid4().hex[:12]}"
@@ -73,10 +74,10 @@ class DatasetService:
                               "notes", "warnings", "dataset_version")}
             stats["lengths"] = column_lengths(path, staged.columns)
             stats.update(extra or {})
-            row, created = self.store.add_dataset_version(name, dict(
+            row, created = self.store.datasets.add(name, dict(
                 technique=technique, format=staged.format, sha256=staged.sha256, rows=staged.rows,
                 columns=staged.columns, source=source, column_map=column_map, path=str(path), parent=parent,
-                stats=stats), description=description)
+                stats=stats), head={"description": description})
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
@@ -86,7 +87,7 @@ class DatasetService:
         final = self.root / name / f"v{row['version']}"
         shutil.rmtree(final, ignore_errors=True)
         folder.rename(final)
-        self.store.set_dataset_path(row["id"], str(final / "data.jsonl"))
+        self.store.datasets.update(row["id"], path=str(final / "data.jsonl"))
         meta = final / "meta.json.partial"
         meta.write_text(json.dumps(
             {k: v for k, v in row.items() if k not in ("id", "path")} | {"path": str(final / "data.jsonl")},
@@ -97,7 +98,7 @@ class DatasetService:
     # ---- read -----------------------------------------------------------------------------------
     def get(self, ref: str) -> dict[str, Any]:
         m = REF_RE.match(ref or "")
-        row = self.store.get_dataset_version(ref) if m else None
+        row = self.store.datasets.get(ref) if m else None
         if row is None:
             raise NotFoundError(f"No registered dataset {ref!r}.",
                                 hint="List them with: tuneloop datasets list", param="name")
@@ -105,15 +106,10 @@ class DatasetService:
 
     def list(self) -> list[dict[str, Any]]:
         """The latest version of every dataset, with its number of versions."""
-        latest: dict[str, dict[str, Any]] = {}
-        counts: dict[str, int] = {}
-        for row in self.store.list_dataset_versions():
-            latest[row["name"]] = row
-            counts[row["name"]] = counts.get(row["name"], 0) + 1
-        return [row | {"versions": counts[name]} for name, row in sorted(latest.items())]
+        return self.store.datasets.latest()
 
     def versions(self, name: str) -> list[dict[str, Any]]:
-        rows = self.store.list_dataset_versions(name)
+        rows = self.store.datasets.list(name)
         if not rows:
             raise NotFoundError(f"No registered dataset {name!r}.", hint="List them with: tuneloop datasets list",
                                 param="name")
@@ -141,15 +137,16 @@ class DatasetService:
         return out[0], out[1]
 
     def delete(self, ref: str) -> list[dict[str, Any]]:
-        name, _, version = ref.partition("@v")
-        if version and not version.isdigit():
+        parts = split_ref(ref)
+        if parts is None:
             raise DatasetError(f"Bad dataset version in {ref!r}.", hint="Write NAME or NAME@vN.", param="name")
-        gone = self.store.delete_dataset_versions(name, int(version) if version else None)
+        name, version = parts
+        gone = self.store.datasets.delete(name, version)
         if not gone:
             raise NotFoundError(f"No registered dataset {ref!r}.", hint="List them with: tuneloop datasets list",
                                 param="name")
         for row in gone:
             shutil.rmtree(Path(row["path"]).parent, ignore_errors=True)
-        if not self.store.list_dataset_versions(name):
+        if not self.store.datasets.list(name):
             shutil.rmtree(self.root / name, ignore_errors=True)
         return gone

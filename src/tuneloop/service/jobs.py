@@ -210,7 +210,7 @@ class JobService:
                 parse_ref(ref)
             except RefError as e:
                 raise ValidationError(f"--allow-row-rewards {ref!r}: {e}", param="allow_row_rewards") from None
-        names = {row["name"] for row in self.store.list_evaluator_versions()}
+        names = {row["name"] for row in self.store.evaluators.list()}
         return RowRewardPolicy.for_job(flags=[req.reward_function, req.reward_prompt],
                                        allowed=req.allow_row_rewards, evaluators=names)
 

@@ -1,4 +1,5 @@
-"""The Store: every read and write of jobs, events, per-project config state and the registry.
+"""The Store: every read and write of jobs, events, per-project config state, the registry and
+deployments; datasets and evaluators are versioned assets (store/assets.py) on it.
 
 Passed into the service (I/O is an argument), so tests can hand it a temporary SQLite file.
 """
@@ -13,10 +14,9 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from tuneloop.store import db
+from tuneloop.store.assets import DATASETS, EVALUATORS, VersionedAssets
 from tuneloop.store.db import config_state, events, jobs, model_package_groups, model_packages, utcnow
-from tuneloop.store.db import dataset_versions, datasets
 from tuneloop.store.db import deployed_models, deployments
-from tuneloop.store.db import evaluator_versions, evaluators
 
 ACTIVE_STATES = ("queued", "running")
 FINAL_STATES = ("completed", "failed", "cancelled")
@@ -25,6 +25,8 @@ FINAL_STATES = ("completed", "failed", "cancelled")
 class Store:
     def __init__(self, engine: Engine):
         self.engine = engine
+        self.datasets = VersionedAssets(engine, DATASETS)        # name@vN, keyed by content sha256
+        self.evaluators = VersionedAssets(engine, EVALUATORS)
 
     # ---- jobs -------------------------------------------------------------------------------
     def insert_job(self, row: dict[str, Any]) -> bool:
@@ -143,79 +145,14 @@ class Store:
             row = conn.execute(select(model_packages).where(model_packages.c.job_id == job_id)).mappings().first()
         return dict(row) if row else None
 
-    # ---- dataset assets (tuneloop datasets ..., DataSet) ----------------------------------------
-    def add_dataset_version(self, name: str, row: dict[str, Any], description: str | None = None
-                            ) -> tuple[dict[str, Any], bool]:
-        """Add the next version of dataset `name` (created when missing) unless a version with the
-        same sha256 exists; return (the version row, whether it was added)."""
-        for _ in range(5):  # two processes adding a version at once: the unique (name, version) decides
-            existing = self.dataset_version_by_sha(name, row["sha256"])
-            if existing is not None:
-                return existing, False
-            try:
-                with self.engine.begin() as conn:
-                    if conn.execute(select(datasets.c.name).where(datasets.c.name == name)).first() is None:
-                        conn.execute(insert(datasets).values(name=name, description=description,
-                                                             created_at=utcnow()))
-                    version = (conn.execute(select(func.max(dataset_versions.c.version))
-                                            .where(dataset_versions.c.name == name)).scalar() or 0) + 1
-                    conn.execute(insert(dataset_versions).values(name=name, version=version, created_at=utcnow(),
-                                                                 **row))
-                return self._dataset_version(name, version), True
-            except IntegrityError:
-                continue
-        raise RuntimeError(f"could not add a version of dataset {name}")
-
-    def dataset_version_by_sha(self, name: str, sha256: str) -> dict[str, Any] | None:
-        with self.engine.connect() as conn:
-            row = conn.execute(select(dataset_versions).where(and_(dataset_versions.c.name == name,
-                                                                   dataset_versions.c.sha256 == sha256))
-                               ).mappings().first()
-        return _with_ref(row)
-
-    def _dataset_version(self, name: str, version: int | None) -> dict[str, Any] | None:
-        q = select(dataset_versions).where(dataset_versions.c.name == name)
-        q = q.where(dataset_versions.c.version == version) if version else \
-            q.order_by(dataset_versions.c.version.desc()).limit(1)
-        with self.engine.connect() as conn:
-            return _with_ref(conn.execute(q).mappings().first())
-
-    def set_dataset_path(self, version_id: int, path: str) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(update(dataset_versions).where(dataset_versions.c.id == version_id).values(path=path))
-
+    # ---- versioned assets (store/assets.py: store.datasets, store.evaluators) ------------------
     def get_dataset_version(self, ref: str) -> dict[str, Any] | None:
-        """`name` (its latest version) or `name@vN`; None when there is no such version."""
-        name, _, version = ref.partition("@v")
-        if version and not version.isdigit():
-            return None
-        return self._dataset_version(name, int(version) if version else None)
+        """The dataset lookup passed down (`stage_dataset(lookup=...)`): `name` or `name@vN`."""
+        return self.datasets.get(ref)
 
-    def list_dataset_versions(self, name: str | None = None) -> list[dict[str, Any]]:
-        q = select(dataset_versions).order_by(dataset_versions.c.name, dataset_versions.c.version)
-        if name:
-            q = q.where(dataset_versions.c.name == name)
-        with self.engine.connect() as conn:
-            return [_with_ref(r) for r in conn.execute(q).mappings()]
-
-    def get_dataset(self, name: str) -> dict[str, Any] | None:
-        with self.engine.connect() as conn:
-            row = conn.execute(select(datasets).where(datasets.c.name == name)).mappings().first()
-        return dict(row) if row else None
-
-    def delete_dataset_versions(self, name: str, version: int | None = None) -> list[dict[str, Any]]:
-        """Delete one version, or the dataset with all its versions; return the deleted version rows."""
-        gone = [r for r in self.list_dataset_versions(name) if version is None or r["version"] == version]
-        with self.engine.begin() as conn:
-            q = delete(dataset_versions).where(dataset_versions.c.name == name)
-            if version is not None:
-                q = q.where(dataset_versions.c.version == version)
-            conn.execute(q)
-            left = conn.execute(select(func.count()).select_from(dataset_versions)
-                                .where(dataset_versions.c.name == name)).scalar()
-            if not left:
-                conn.execute(delete(datasets).where(datasets.c.name == name))
-        return gone
+    def get_evaluator_version(self, ref: str) -> dict[str, Any] | None:
+        """The evaluator lookup passed down (`RewardContext(evaluator_lookup=...)`)."""
+        return self.evaluators.get(ref)
 
     # ---- deployments (tuneloop serve, adapter, add-ic, deploy) ----------------------------------
     def get_deployment(self, project: str) -> dict[str, Any] | None:
@@ -264,62 +201,6 @@ class Store:
             row = conn.execute(select(model_packages).where(model_packages.c.output_path == path)
                                .order_by(model_packages.c.id.desc())).mappings().first()
         return dict(row) if row else None
-
-    # ---- evaluator assets (tuneloop evaluators ..., Evaluator) -------------------------------------
-    def add_evaluator_version(self, name: str, type: str, row: dict[str, Any], description: str | None = None
-                              ) -> tuple[dict[str, Any], bool]:
-        """Add the next version of evaluator `name` (created when missing) unless one with the same
-        sha256 exists; return (the version row, whether it was added)."""
-        for _ in range(5):  # racing creators: the unique (name, version) decides
-            with self.engine.connect() as conn:
-                existing = conn.execute(select(evaluator_versions).where(and_(
-                    evaluator_versions.c.name == name, evaluator_versions.c.sha256 == row["sha256"]))).mappings().first()
-            if existing is not None:
-                return _with_ref(existing), False
-            try:
-                with self.engine.begin() as conn:
-                    if conn.execute(select(evaluators.c.name).where(evaluators.c.name == name)).first() is None:
-                        conn.execute(insert(evaluators).values(name=name, type=type, description=description,
-                                                               created_at=utcnow()))
-                    version = (conn.execute(select(func.max(evaluator_versions.c.version))
-                                            .where(evaluator_versions.c.name == name)).scalar() or 0) + 1
-                    conn.execute(insert(evaluator_versions).values(name=name, version=version, type=type,
-                                                                   created_at=utcnow(), **row))
-                return self.get_evaluator_version(f"{name}@v{version}"), True
-            except IntegrityError:
-                continue
-        raise RuntimeError(f"could not add a version of evaluator {name}")
-
-    def get_evaluator(self, name: str) -> dict[str, Any] | None:
-        with self.engine.connect() as conn:
-            row = conn.execute(select(evaluators).where(evaluators.c.name == name)).mappings().first()
-        return dict(row) if row else None
-
-    def get_evaluator_version(self, ref: str) -> dict[str, Any] | None:
-        """`name` (its latest version) or `name@vN`; None when there is no such version."""
-        name, _, version = ref.partition("@v")
-        if version and not version.isdigit():
-            return None
-        q = select(evaluator_versions).where(evaluator_versions.c.name == name)
-        q = q.where(evaluator_versions.c.version == int(version)) if version else \
-            q.order_by(evaluator_versions.c.version.desc()).limit(1)
-        with self.engine.connect() as conn:
-            return _with_ref(conn.execute(q).mappings().first())
-
-    def list_evaluator_versions(self, name: str | None = None) -> list[dict[str, Any]]:
-        q = select(evaluator_versions).order_by(evaluator_versions.c.name, evaluator_versions.c.version)
-        if name:
-            q = q.where(evaluator_versions.c.name == name)
-        with self.engine.connect() as conn:
-            return [_with_ref(r) for r in conn.execute(q).mappings()]
-
-
-def _with_ref(row: Any) -> dict[str, Any] | None:
-    if row is None:
-        return None
-    out = dict(row)
-    out["ref"] = f"{out['name']}@v{out['version']}"
-    return out
 
 
 _STORES: dict[str, Store] = {}
