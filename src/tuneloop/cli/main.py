@@ -12,6 +12,7 @@ from tuneloop.cli import catalog, jobs, state, tune
 from tuneloop.cli import datasets
 from tuneloop.cli import evaluate, evaluators
 from tuneloop.cli import deploy, serve
+from tuneloop.cli import export
 
 app = typer.Typer(name="tuneloop", help="Self-hosted model customization: tune -> adapter -> deploy -> test.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -33,6 +34,7 @@ app.command("add-ic")(deploy.add_ic)
 app.command("remove-ic")(deploy.remove_ic)
 app.command("deploy")(deploy.deploy)
 app.command("deployment")(deploy.deployment)
+app.command("export")(export.export)
 
 
 @app.command("demo")

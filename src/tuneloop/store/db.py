@@ -12,7 +12,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from tuneloop.errors import ConfigError
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 metadata = MetaData()
 
 
@@ -199,8 +199,27 @@ def _migrate_4(conn: Connection) -> None:
     metadata.create_all(conn, tables=[evaluators, evaluator_versions])
 
 
+# ---- model artifacts (version 5): exports of a registered version (tuneloop export) ---------------
+model_artifacts = Table(
+    "model_artifacts", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("group_name", String(128), ForeignKey("model_package_groups.name"), nullable=False, index=True),
+    Column("version", Integer, nullable=False),
+    Column("format", String(16), nullable=False),            # merged | gguf | ollama
+    Column("quant", String(16)),                             # f16 | q8_0 | f32 (gguf, ollama)
+    Column("path", Text, nullable=False),                    # the output folder
+    Column("files", JSON, nullable=False),                   # file names in it
+    Column("verify", JSON),                                  # the load-back check's numbers, or NULL
+    Column("created_at", DateTime, nullable=False),
+)
+
+
+def _migrate_5(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[model_artifacts])
+
+
 # version N -> function upgrading a database at version N-1
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {2: _migrate_2, 3: _migrate_3, 4: _migrate_4}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {2: _migrate_2, 3: _migrate_3, 4: _migrate_4, 5: _migrate_5}
 
 
 def make_engine(url: str) -> Engine:

@@ -17,6 +17,7 @@ from tuneloop.store import db
 from tuneloop.store.assets import DATASETS, EVALUATORS, VersionedAssets
 from tuneloop.store.db import config_state, events, jobs, model_package_groups, model_packages, utcnow
 from tuneloop.store.db import deployed_models, deployments
+from tuneloop.store.db import model_artifacts
 
 ACTIVE_STATES = ("queued", "running")
 FINAL_STATES = ("completed", "failed", "cancelled")
@@ -201,6 +202,25 @@ class Store:
             row = conn.execute(select(model_packages).where(model_packages.c.output_path == path)
                                .order_by(model_packages.c.id.desc())).mappings().first()
         return dict(row) if row else None
+
+    # ---- model artifacts (tuneloop export) ---------------------------------------------------------
+    def add_artifact(self, group: str, version: int, row: dict[str, Any]) -> dict[str, Any]:
+        """Record an export (format, quant, path, files, verify) of registered version group@vN."""
+        with self.engine.begin() as conn:
+            res = conn.execute(insert(model_artifacts).values(group_name=group, version=version, created_at=utcnow(),
+                                                              **row))
+            artifact_id = res.inserted_primary_key[0]
+        return next(a for a in self.list_artifacts(group, version) if a["id"] == artifact_id)
+
+    def list_artifacts(self, group: str | None = None, version: int | None = None) -> list[dict[str, Any]]:
+        q = select(model_artifacts).order_by(model_artifacts.c.group_name, model_artifacts.c.version,
+                                             model_artifacts.c.id)
+        if group is not None:
+            q = q.where(model_artifacts.c.group_name == group)
+        if version is not None:
+            q = q.where(model_artifacts.c.version == version)
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(q).mappings()]
 
 
 _STORES: dict[str, Store] = {}
