@@ -7,6 +7,7 @@ The real GGUF's conversion, training, evaluation and serving: tests/e2e/test_mod
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -171,3 +172,49 @@ def test_hub_ids_come_from_the_local_cache_or_name_hf_download(tmp_path, models_
     with pytest.raises(ValidationError, match="is not in the local Hugging Face cache") as e:
         llama.load_path()
     assert "hf download meta-llama/Llama-3.2-1B-Instruct" in e.value.hint
+
+
+def test_a_conversion_is_atomic_and_a_killed_ones_leftover_is_swept(tmp_path, models_dir, monkeypatch):
+    path = write_gguf(tmp_path / "tiny.gguf")
+    ref = resolve(str(path), use="eval", models_dir=models_dir)
+    folder = Path(ref.base)
+    stale = folder.parent / f".{folder.name}.tmp-999999999-deadbeef"   # a conversion killed mid-way (no such pid)
+    stale.mkdir(parents=True)
+    (stale / "config.json").write_text("{}")
+
+    def crash(source, out):
+        out.mkdir()
+        (out / "config.json").write_text("{}")
+        raise ValidationError("transformers could not load it")
+
+    monkeypatch.setattr(gguf, "_convert", crash)
+    with pytest.raises(ValidationError, match="could not load it"):
+        ref.load_path()
+    assert not folder.exists() and not stale.exists() and not list(folder.parent.glob(".*.tmp-*"))
+
+    def convert(source, out):
+        out.mkdir()
+        (out / "config.json").write_text(json.dumps({"model_type": "llama", "num_hidden_layers": 2}))
+        return "float32"
+
+    monkeypatch.setattr(gguf, "_convert", convert)
+    assert ref.load_path() == str(folder) and ref.local_folder(convert=False) == folder
+    marker = gguf.converted(folder)
+    assert marker["source"] == str(path.resolve()) and marker["sha256"] == folder.name
+    assert marker["size"] == path.stat().st_size and marker["architecture"] == "llama"
+    monkeypatch.setattr(gguf, "_convert", crash)
+    assert ref.load_path() == str(folder)   # converted once: the marker says so
+
+
+def test_big_files_memoise_their_identity(tmp_path, models_dir, monkeypatch):
+    path = write_gguf(tmp_path / "tiny.gguf")
+    sha = gguf.file_sha256(path, models_dir)
+    monkeypatch.setattr(gguf, "VERIFY_MAX_BYTES", 16)   # treat the tiny file as a big one
+    assert gguf.file_sha256(path, models_dir) == sha
+    memo = json.loads((models_dir / "gguf" / "identities.json").read_text())
+    assert memo[str(path.resolve())]["sha256"] == sha
+    memo[str(path.resolve())]["sha256"] = "0" * 64      # the memo is trusted while size and mtime match...
+    (models_dir / "gguf" / "identities.json").write_text(json.dumps(memo))
+    assert gguf.file_sha256(path, models_dir) == "0" * 64
+    os.utime(path, ns=(1, 1))                           # ...and a touched file is hashed again
+    assert gguf.file_sha256(path, models_dir) == sha
