@@ -9,6 +9,9 @@ Requests become rows (one per choice). A scheduler thread owns every forward pas
 3. they join the running rows at the next step: their KV cache is padded on the left to the
    running batch's length and concatenated, so rows of any adapter, prompt length and age
    share every decode step;
+   the cache is transformers' DynamicCache with `GrowingLayer`s: keys and values live in
+   buffers with room to grow, so a decode step writes one column per layer instead of
+   copying the whole cache (DynamicLayer's torch.cat), which grew with length x batch;
 4. a decode step feeds each row's last token, samples the next one per row (its own
    temperature, top_p and seed), streams new text, and drops finished rows.
 
@@ -88,6 +91,75 @@ class Row:
             self.req.sink("finish", self.choice, (self.finished, self.count))
 
 
+def _grow(buf: torch.Tensor | None, n: int, new: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Write `new` ([B, H, t, D]) after the first `n` positions of `buf`, reallocating with
+    headroom (half again, at least 64 positions) when it does not fit."""
+    t = new.shape[-2]
+    if buf is None or buf.dim() != 4 or buf.shape[0] != new.shape[0] or buf.shape[-2] < n + t:
+        need = n + t
+        out = new.new_empty((*new.shape[:2], need + max(64, need // 2), new.shape[-1]))
+        if n:
+            out[:, :, :n] = buf[:, :, :n]
+        buf = out
+    buf[:, :, n:n + t] = new
+    return buf, n + t
+
+
+def _growing_layer_class():
+    from transformers.cache_utils import DynamicLayer
+
+    class GrowingLayer(DynamicLayer):
+        """A DynamicLayer whose `keys`/`values` are views of the first n positions of a larger
+        buffer. Assigning them (merge, keep, batch_select_indices) replaces the buffer; the next
+        update reallocates it with headroom. Numerically the same tensors as DynamicLayer's."""
+
+        _k: torch.Tensor | None = None
+        _v: torch.Tensor | None = None
+        _nk = _nv = 0
+
+        @property
+        def keys(self):
+            return self._k if self._k is None or self._k.dim() != 4 else self._k[:, :, :self._nk]
+
+        @keys.setter
+        def keys(self, t):
+            self._k, self._nk = t, (t.shape[-2] if t is not None and t.dim() == 4 else 0)
+
+        @property
+        def values(self):
+            return self._v if self._v is None or self._v.dim() != 4 else self._v[:, :, :self._nv]
+
+        @values.setter
+        def values(self, t):
+            self._v, self._nv = t, (t.shape[-2] if t is not None and t.dim() == 4 else 0)
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            self._k, self._nk = _grow(self._k, self._nk, key_states)
+            self._v, self._nv = _grow(self._v, self._nv, value_states)
+            return self.keys, self.values
+
+    return DynamicLayer, GrowingLayer
+
+
+_LAYERS: tuple[type, type] | None = None
+
+
+def new_cache(config):
+    """A DynamicCache for `config` whose plain full-attention layers are `GrowingLayer`s
+    (sliding-window and other special layers stay as transformers builds them)."""
+    global _LAYERS
+    from transformers import DynamicCache
+
+    if _LAYERS is None:
+        _LAYERS = _growing_layer_class()
+    dynamic, growing = _LAYERS
+    cache = DynamicCache(config=config)
+    cache.layers = [growing() if type(layer) is dynamic else layer for layer in cache.layers]
+    return cache
+
+
 class Running:
     """The rows of one model that share a KV cache, and the tensors of the next decode step."""
 
@@ -95,7 +167,8 @@ class Running:
         self.rows, self.cache, self.mask, self.pos, self.next_tok = rows, cache, mask, pos, next_tok
 
     def joinable(self) -> bool:
-        return all(type(layer).__name__ == "DynamicLayer" for layer in self.cache.layers)
+        """Only caches of plain full-attention layers can be padded and concatenated."""
+        return _LAYERS is not None and all(type(layer) is _LAYERS[1] for layer in self.cache.layers)
 
     def merge(self, other: Running) -> None:
         """Append `other`'s rows: left-pad the shorter cache and mask to a common length."""
@@ -277,8 +350,6 @@ class Scheduler(threading.Thread):
 
     @torch.inference_mode()
     def _prefill(self, slot: ModelSlot, rows: list[Row]) -> None:
-        from transformers import DynamicCache
-
         length = max(len(r.prompt) for r in rows)
         ids = torch.full((len(rows), length), slot.pad_id, dtype=torch.long)
         mask = torch.zeros((len(rows), length), dtype=torch.long)
@@ -288,7 +359,7 @@ class Scheduler(threading.Thread):
         ids, mask = ids.to(slot.device), mask.to(slot.device)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         self._select(slot, rows)
-        cache = DynamicCache(config=slot.model.config)
+        cache = new_cache(slot.model.config)
         out = slot.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
                          use_cache=True, logits_to_keep=1)
         self.stats.record("prefill", slot, rows)

@@ -5,7 +5,8 @@ gets a slot (0 is the base: no LoRA); a wrapper keeps, per slot, A^T (in x r) an
 with the adapter's scaling folded into B, zero-padded to the largest rank loaded, stacked into
 two tensors. Before a forward pass the engine selects a slot per batch row:
 
-- all rows on the base: the wrappers add nothing (plain base forward);
+- all rows on the base: the base's own Linears are put back in the model while the batch stays
+  base-only, so a base forward runs exactly the base model's modules (no wrapper call per layer);
 - all rows on one adapter: y = W x + (x A) B, one matmul pair per layer;
 - mixed rows, few adapters: the A matrices of the adapters in the batch are concatenated
   ([in, k*r]) and the B matrices stacked ([k*r, out]); y = W x + ((x A_cat) * M) B_cat where the
@@ -71,9 +72,10 @@ def read_adapter(path: str | Path, dtype: torch.dtype, device: torch.device | st
 class MultiLoraLinear(nn.Module):
     """A base Linear plus whatever LoRA selection the engine set for the next forward."""
 
-    def __init__(self, base: nn.Linear):
+    def __init__(self, base: nn.Linear, parent: nn.Module | None = None, attr: str = ""):
         super().__init__()
         self.base = base
+        self.home = (parent, attr)  # where the wrapper (or, for base-only batches, `base`) sits
         self.weights: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # adapter -> (A^T, B^T)
         self.a_stack: torch.Tensor | None = None  # [slots, in, r_max]
         self.b_stack: torch.Tensor | None = None  # [slots, r_max, out]
@@ -125,6 +127,7 @@ class LoraSet:
         self.order: list[str] = []                         # slot i+1 holds order[i]
         self.wrappers: dict[str, MultiLoraLinear] = {}
         self._selected: tuple[int, ...] | None = None
+        self._installed = True                              # wrappers in the model (else the bare Linears)
         p = next(model.parameters())
         self.dtype, self.device = p.dtype, p.device
 
@@ -163,9 +166,19 @@ class LoraSet:
         base = getattr(parent, child)
         if not isinstance(base, nn.Linear):
             raise ValueError(f"LoRA on {module} ({type(base).__name__}): only Linear layers are served")
-        wrapper = MultiLoraLinear(base)
-        setattr(parent, child, wrapper)
+        wrapper = MultiLoraLinear(base, parent, child)
+        if self._installed:
+            setattr(parent, child, wrapper)
         self.wrappers[module] = wrapper
+
+    def _install(self, on: bool) -> None:
+        """Put the wrappers (on) or the base Linears (off) in the model; between forwards only."""
+        if on == self._installed:
+            return
+        for w in self.wrappers.values():
+            parent, attr = w.home
+            setattr(parent, attr, w if on else w.base)
+        self._installed = on
 
     def _restack(self) -> None:
         for w in self.wrappers.values():
@@ -182,7 +195,9 @@ class LoraSet:
         if unique == [0] or not self.order:
             for w in self.wrappers.values():
                 w.selection = None
+            self._install(False)
             return
+        self._install(True)
         if len(unique) == 1:
             s = unique[0]
             for w in self.wrappers.values():
