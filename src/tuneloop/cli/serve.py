@@ -21,8 +21,8 @@ from tuneloop.errors import ValidationError
 
 
 @handle_errors
-def serve(model: Optional[str] = typer.Option(None, "--model", help="Base model: catalog id, built-in or folder "
-                                              "(default: the deployed base, else tuneloop/tiny-qwen3)."),
+def serve(model: Optional[str] = typer.Option(None, "--model", help="Base model: catalog id, built-in, folder, "
+                                              ".gguf file or Hub id in the local cache (default: the deployed base, else tuneloop/tiny-qwen3)."),
           host: str = typer.Option("127.0.0.1", "--host"),
           port: int = typer.Option(8000, "--port", min=1, max=65535),
           api_key: Optional[str] = typer.Option(None, "--api-key", envvar="TUNELOOP_API_KEY",

@@ -21,8 +21,8 @@ def tune(
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Training data: file, folder, fsspec URL, "
                                           "hf://org/name/split?file=PATTERN, or a registered NAME or NAME@vN."),
     training_type: str = typer.Option("lora", "--training-type", help="lora (adapter) | full-rank (full model)."),
-    model: Optional[str] = typer.Option(None, "--model", help="Catalog id, built-in, or local model folder "
-                                        "[default: the catalog default, tuneloop/tiny-qwen3]."),
+    model: Optional[str] = typer.Option(None, "--model", help="Catalog id, built-in, local model folder, "
+                                        ".gguf file (converted once) or Hub id in the local cache [default: the catalog default, tuneloop/tiny-qwen3]."),
     project: Optional[str] = typer.Option(None, "--project", envvar="TUNELOOP_PROJECT",
                                           help="Project the job and its state belong to [default: default]."),
     # here: the registry's hyperparameters that are not RL-only (see _SIGNATURE below)
