@@ -218,3 +218,14 @@ def test_big_files_memoise_their_identity(tmp_path, models_dir, monkeypatch):
     assert gguf.file_sha256(path, models_dir) == "0" * 64
     os.utime(path, ns=(1, 1))                           # ...and a touched file is hashed again
     assert gguf.file_sha256(path, models_dir) == sha
+
+
+def test_an_adapter_trained_on_a_gguf_finds_its_base_again(tmp_path, models_dir):
+    from tests.unit.test_model_resolve import _adapter
+
+    path = write_gguf(tmp_path / "tiny.gguf")
+    adapter = _adapter(tmp_path / "adapter", str(tmp_path / "models-dir-since-cleaned" / "gguf" / "x"))
+    (adapter / "manifest.json").write_text(json.dumps({"base_model": str(path.resolve())}))
+    ref = resolve(str(adapter), use="eval", models_dir=models_dir)
+    assert (ref.kind, ref.adapter, ref.gguf) == ("adapter", str(adapter.resolve()), str(path.resolve()))
+    assert ref.base == str(gguf.cache_folder(models_dir, gguf.file_sha256(path, models_dir)))  # load_path converts

@@ -97,8 +97,8 @@ class ModelRef:
             from tuneloop.models.gguf import ensure_converted
 
             return str(ensure_converted(Path(self.gguf), Path(self.base), Path(self.base).name))
-        if Path(self.base).is_dir():
-            return self.base
+        if Path(self.base).is_dir() or not hub.looks_like_repo_id(self.base):
+            return self.base     # a folder, or something only from_pretrained can say more about
         return hub.hub_path(self.base)
 
     def local_folder(self, convert: bool = True) -> Path | None:
@@ -291,10 +291,15 @@ class _Context:
             check_weights(base_dir)
         entry = _tuned_from(folder) or (_tuned_from(base_dir) if base_dir.is_dir() else None) \
             or load_catalog().get(str(base_path))
+        source = _gguf_source(folder) if not base_dir.is_dir() else None
+        gguf_file = None
         if base_dir.is_dir():
             base, builtin = str(base_dir.resolve()), False
         elif entry is not None:   # the base's folder is not here (or never was): the entry's weights
             base, builtin = self.weights(entry)
+        elif source is not None:  # trained on a GGUF whose converted folder is gone: convert it again on load
+            gguf_ref = self.file(source)
+            base, builtin, gguf_file = gguf_ref.base, False, gguf_ref.gguf
         elif self.tune:
             raise ValidationError(f"The base model of adapter {folder} ({base_path}) is not on this machine.",
                                   param="model")
@@ -305,7 +310,21 @@ class _Context:
         path = str(folder.resolve())
         notes = (f"ℹ️  Continuing from the adapter {folder} (base {entry.id if entry else base})",) \
             if self.tune else ()
-        return ModelRef(path, "adapter", base, name, via, adapter=path, entry=entry, builtin=builtin, notes=notes)
+        return ModelRef(path, "adapter", base, name, via, adapter=path, entry=entry, builtin=builtin, notes=notes,
+                        gguf=gguf_file)
+
+
+def _gguf_source(folder: Path) -> Path | None:
+    """The GGUF file a tuneloop output was trained on (its manifest's base_model), when it is still here."""
+    try:
+        value = json.loads((folder / "manifest.json").read_text()).get("base_model")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(value, str) or not Path(value).is_file():
+        return None
+    from tuneloop.models.gguf import looks_like_gguf
+
+    return Path(value) if looks_like_gguf(Path(value)) else None
 
 
 def _tuned_from(folder: Path, files: tuple[str, ...] = ("manifest.json", "tuneloop_builtin.json")) -> ModelEntry | None:
