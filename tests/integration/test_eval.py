@@ -50,12 +50,14 @@ def adapter(train, tmp_path):
 
 def test_sft_metrics_equal_hand_computed_values(home, tmp_path, models_dir, adapter):
     from tuneloop.evaluation.quick import load_for_eval
-    from tuneloop.evaluation.run import EvalRequest, evaluate
+    from tuneloop.evaluation.run import EvalRequest
+    from tuneloop.service.app import open_services
     from tuneloop.models.builtin import ensure_builtin
 
     rows = [{"prompt": r["prompt"][0]["content"], "completion": r["answer"]} for r in HELD[:5]] + SFT[:3]
-    result = evaluate(EvalRequest(model=adapter, dataset=str(write_jsonl(tmp_path / "v.jsonl", rows)),
-                                  compare_base=True, output=str(tmp_path / "out")))
+    result = open_services().evaluations.evaluate(EvalRequest(
+        model=adapter, dataset=str(write_jsonl(tmp_path / "v.jsonl", rows)), compare_base=True,
+        output=str(tmp_path / "out")))
     assert result["technique"] == "sft" and result["rows"] == 8
     base_dir = str(ensure_builtin("tuneloop/tiny-qwen3", models_dir))
     for key, (model, tok) in (("model", load_for_eval(base_dir, adapter)), ("base", load_for_eval(base_dir))):
@@ -78,17 +80,14 @@ def test_sft_metrics_equal_hand_computed_values(home, tmp_path, models_dir, adap
 
 def test_dpo_metrics_equal_hand_computed_values(home, tmp_path, models_dir, adapter):
     from tuneloop.evaluation.quick import load_for_eval
-    from tuneloop.evaluation.run import EvalRequest, evaluate
+    from tuneloop.evaluation.run import EvalRequest
     from tuneloop.models.builtin import ensure_builtin
-
-    from tuneloop.service.models import store_lookups
-    from tuneloop.settings import load_settings
-    from tuneloop.store import open_store
+    from tuneloop.service.app import open_services
 
     rows = DPO[:6]
-    lookups = store_lookups(open_store(load_settings().database_url))  # GROUP@vN is the store's to answer
-    result = evaluate(EvalRequest(model="default-tune-models@v1", dataset=str(write_jsonl(tmp_path / "p.jsonl", rows)),
-                                  beta=0.5), lookups=lookups)  # the adapter's registered version
+    evals = open_services().evaluations  # GROUP@vN, the adapter's registered version, is the store's to answer
+    result = evals.evaluate(EvalRequest(model="default-tune-models@v1",
+                                        dataset=str(write_jsonl(tmp_path / "p.jsonl", rows)), beta=0.5))
     assert result["technique"] == "dpo" and result["adapter"] == str(Path(adapter).resolve())
     base_dir = str(ensure_builtin("tuneloop/tiny-qwen3", models_dir))
     policy, tok = load_for_eval(base_dir, adapter)
@@ -106,12 +105,14 @@ def test_dpo_metrics_equal_hand_computed_values(home, tmp_path, models_dir, adap
 
 
 def test_mean_reward_of_an_evaluator_over_the_recorded_answers(home, tmp_path, adapter):
-    from tuneloop.evaluation.run import EvalRequest, evaluate
+    from tuneloop.evaluation.run import EvalRequest
+    from tuneloop.service.app import open_services
 
     (tmp_path / "score.py").write_text("def score(completion, answer):\n    return len(completion) / (1 + len(answer))\n")
     rows = HELD[:12]
-    result = evaluate(EvalRequest(model=adapter, dataset=str(write_jsonl(tmp_path / "r.jsonl", rows)),
-                                  evaluators=[f"{tmp_path}/score.py:score", "builtin:exact_match"], max_new_tokens=6))
+    result = open_services().evaluations.evaluate(EvalRequest(
+        model=adapter, dataset=str(write_jsonl(tmp_path / "r.jsonl", rows)),
+        evaluators=[f"{tmp_path}/score.py:score", "builtin:exact_match"], max_new_tokens=6))
     assert result["technique"] == "rlvr"
     answers = [s["model"] for s in result["samples"]]
     expected = sum(len(a) / (1 + len(r["answer"])) for a, r in zip(answers, rows)) / 12
@@ -138,14 +139,15 @@ class ColourJudge(JsonHandler):
 
 
 def test_win_rate_against_the_base_with_a_deterministic_judge(home, tmp_path, adapter, monkeypatch):
-    from tuneloop.evaluation.run import EvalRequest, evaluate
+    from tuneloop.evaluation.run import EvalRequest
+    from tuneloop.service.app import open_services
 
     monkeypatch.setenv("OPENAI_API_KEY", "unused")
     rows = HELD[:16]
     with serve(ColourJudge) as url:
-        result = evaluate(EvalRequest(model=adapter, dataset=str(write_jsonl(tmp_path / "r.jsonl", rows)),
-                                      evaluators=["builtin:exact_match"], compare_base=True, max_new_tokens=6,
-                                      judge=f"openai:colour-rule@{url}/v1"))
+        result = open_services().evaluations.evaluate(EvalRequest(
+            model=adapter, dataset=str(write_jsonl(tmp_path / "r.jsonl", rows)), evaluators=["builtin:exact_match"],
+            compare_base=True, max_new_tokens=6, judge=f"openai:colour-rule@{url}/v1"))
     pairs = [(s["model"], s["base"]) for s in result["samples"]]
     expected = sum(0.5 if (m in COLOURS) == (b in COLOURS) else float(m in COLOURS) for m, b in pairs) / 16
     print(f"win rate vs base {result['model']['win_rate_vs_base']:.3f} (rule applied by hand {expected:.3f})")
@@ -195,16 +197,15 @@ def test_a_cancel_request_stops_a_running_eval_job_at_its_next_phase(home, tmp_p
     import time
 
     from tuneloop.evaluation.run import EvalRequest
-    from tuneloop.service.jobs import JobService
+    from tuneloop.service.app import open_services
     from tuneloop.service.runner import run_job
-    from tuneloop.settings import load_settings
-    from tuneloop.store import open_store
 
-    settings = load_settings()
-    svc = JobService(open_store(settings.database_url), settings)
+    services = open_services()
+    svc = services.jobs
     rows = [{"prompt": f"Tell me about the number {i}.", "completion": "ok"} for i in range(64)]
-    job = svc.submit_eval(EvalRequest(model="tuneloop/tiny-qwen3", compare_base=False, max_new_tokens=64,
-                                      dataset=str(write_jsonl(tmp_path / "rows.jsonl", rows))), launch=False)
+    job = services.evaluations.submit(EvalRequest(model="tuneloop/tiny-qwen3", compare_base=False, max_new_tokens=64,
+                                                  dataset=str(write_jsonl(tmp_path / "rows.jsonl", rows))),
+                                      launch=False)
 
     def cancel_once_running():
         while svc.get(job["id"])["state"] != "running":

@@ -39,7 +39,7 @@ def eval_(model: str = typer.Option(..., "--model", help="A job (name, or a tech
     import json
     from pathlib import Path
 
-    from tuneloop.cli.common import public_job, service
+    from tuneloop.cli.common import public_job, services
     from tuneloop.cli.follow import follow
     from tuneloop.errors import JobFailedError
     from tuneloop.evaluation.run import EvalRequest
@@ -48,15 +48,15 @@ def eval_(model: str = typer.Option(..., "--model", help="A job (name, or a tech
                       judge=judge, compare_base=compare_base,
                       output=str(Path(output).resolve()) if output else None, samples=samples,
                       max_new_tokens=max_new_tokens, beta=beta, project=project, column_map=column_map)
-    svc = service()
-    job = svc.submit_eval(req)
+    svc = services()
+    job = svc.evaluations.submit(req)
     print(f"Submitted evaluation job {job['id']} ({job['dataset_rows']} {job['training_type']} rows)", file=sys.stderr)
     if no_wait:
         if as_json:
             return print_json(public_job(job))
         print(f"Follow it: tuneloop logs {job['id']} --follow   |   tuneloop status {job['id']}")
         return
-    job = follow(svc, job["id"], quiet=as_json)
+    job = follow(svc.jobs, job["id"], quiet=as_json)
     if job["state"] != "completed":
         raise JobFailedError(f"Evaluation job {job['id']} {job['state']}: {job['error'] or 'no reason recorded'}",
                              details=[f"Logs: tuneloop logs {job['id']}"])

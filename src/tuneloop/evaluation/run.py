@@ -1,7 +1,11 @@
 """tuneloop eval: evaluate a model on a dataset, optionally against its base model.
 
-    result = evaluate(EvalRequest(model="sft", dataset="val.jsonl", compare_base=True))
+    result = evaluate(EvalRequest(model="sft", dataset="val.jsonl", compare_base=True), output=Path("out"),
+                      lookups=lookups, dataset_lookup=store.get_dataset_version)
     result["model"]["loss"], result["base"]["loss"]
+
+Pure of the store and of where state lives: the evaluation service (service/evaluations.py)
+passes the lookups, the output folder and the models folder, and tracks the job.
 
 The model is a job (its name, or a technique for the project's latest), a registered version
 (`GROUP@vN`), an adapter or model folder, or a catalog / built-in model. The technique follows the
@@ -18,7 +22,6 @@ import json
 import shutil
 import tempfile
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -208,20 +211,20 @@ def _check_evaluators(technique: str, req: EvalRequest, rows: list[dict[str, Any
                                    "Builtin.Correctness with --judge ...).", param="evaluator")
 
 
-def evaluate(req: EvalRequest, on_progress=None, base_dir: str | None = None,
+def evaluate(req: EvalRequest, *, output: Path, models_dir: Path | None = None,
+             on_progress: Callable[[str], None] | None = None, base_dir: str | None = None,
              lookups: ModelLookups | None = None, dataset_lookup: DatasetLookup | None = None) -> dict[str, Any]:
+    """Evaluate `req` and write results.json, report.md and metrics.png to `output` (replaced when
+    it holds a previous evaluation); `on_progress` hears each phase (and may raise to stop)."""
     from tuneloop.evaluation.quick import generate, load_for_eval
-    from tuneloop.settings import load_settings, resolve_project
 
     say = on_progress or (lambda message: None)
     started = time.monotonic()
-    if req.output and Path(req.output).is_dir() and any(Path(req.output).iterdir()) \
-            and not (Path(req.output) / "results.json").is_file():
-        raise ValidationError(f"--output {req.output} is a folder with other files in it; an evaluation would "
+    out = Path(output)
+    if out.is_dir() and any(out.iterdir()) and not (out / "results.json").is_file():
+        raise ValidationError(f"--output {out} is a folder with other files in it; an evaluation would "
                               "replace its contents.", hint="Pass a new or empty folder (or a previous eval's "
                               "output, which is replaced).", param="output")
-    out = Path(req.output) if req.output else (load_settings().home / "projects" / resolve_project(req.project) /
-                                               "evals" / (time.strftime("eval-%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]))
     target = resolve_eval_model(req.model, req.project, lookups)
     base_path = target.load_path()
     with tempfile.TemporaryDirectory() as tmp:
@@ -271,7 +274,7 @@ def evaluate(req: EvalRequest, on_progress=None, base_dir: str | None = None,
 
         say("scoring answers" + (f" with {', '.join(refs)}" if refs else ""))
         with RewardContext(base_dir=base_dir or Path.cwd(), judge_model=req.judge,
-                           models_dir=load_settings().models_dir) as ctx:
+                           models_dir=models_dir) as ctx:
             if refs:
                 if "model" not in answers:
                     answers["model"] = generate(model, tok, [_split(r)[0] if "completion" in r or "messages" in r

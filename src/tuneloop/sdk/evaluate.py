@@ -1,6 +1,6 @@
 """The SDK's evaluators (SageMaker V3 names): CustomScorerEvaluator, LLMAsJudgeEvaluator and
-BenchMarkEvaluator run tuneloop.evaluation with the service layer's lookups; evaluate() returns an
-EvaluationResult.
+BenchMarkEvaluator run through the evaluation service (service/evaluations.py), as `tuneloop
+eval` does, but in this process; evaluate() returns an EvaluationResult.
 
     result = CustomScorerEvaluator(evaluator="builtin:exact_match", dataset="val.jsonl", model=job).evaluate()
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tuneloop.sdk.common import job_service as _service
+from tuneloop.evaluation.run import EvalRequest
 from tuneloop.sdk.common import services as _services
 
 
@@ -55,16 +55,13 @@ class _Evaluation:
 
     def _run(self, **kwargs: Any) -> EvaluationResult:
         from tuneloop.errors import ValidationError
-        from tuneloop.evaluation.run import EvalRequest, evaluate
 
         if not self.dataset:
             raise ValidationError("No evaluation dataset given.", hint="Pass dataset='eval.jsonl'.", param="dataset")
         req = EvalRequest(model=self.model, dataset=self.dataset, compare_base=self.evaluate_base_model,
                           output=self.output, project=self.project, max_new_tokens=self.max_new_tokens,
                           samples=self.samples, **kwargs)
-        services = _services()
-        return EvaluationResult(evaluate(req, lookups=services.jobs.model_lookups(),
-                                         dataset_lookup=services.dataset_lookup()))
+        return EvaluationResult(_services().evaluations.evaluate(req))
 
 
 class CustomScorerEvaluator(_Evaluation):
@@ -112,7 +109,5 @@ class BenchMarkEvaluator(_Evaluation):
         self.benchmark = str(getattr(benchmark, "value", benchmark)).lower()
 
     def evaluate(self) -> EvaluationResult:
-        from tuneloop.evaluation.benchmark import run_benchmark
-
-        return EvaluationResult(run_benchmark(self.benchmark, self.model, project=self.project, samples=self.samples,
-                                              output=self.output, lookups=_service().model_lookups()))
+        return EvaluationResult(_services().evaluations.benchmark(self.benchmark, self.model, project=self.project,
+                                                                  samples=self.samples, output=self.output))

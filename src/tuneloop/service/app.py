@@ -6,6 +6,7 @@ ask `open_services()` and call the services on it; nothing below service/ opens 
     services.jobs.prepare(request)             # JobService
     services.datasets.create("support-sft", "data/train.jsonl", "sft")
     services.evaluators.verify("colour-match", "data/train.jsonl")
+    services.evaluations.submit(EvalRequest(model="sft", dataset="val.jsonl"))
     services.deployments("default").state()
 
 Each service is built on first use, so a light command (`tune --status`) imports only what it
@@ -24,6 +25,7 @@ from tuneloop.store import Store, open_store
 
 if TYPE_CHECKING:  # the services import the libraries they drive; load them when used
     from tuneloop.service.datasets import DatasetService
+    from tuneloop.service.evaluations import EvaluationService
     from tuneloop.service.evaluators import EvaluatorService
     from tuneloop.service.jobs import JobService
     from tuneloop.service.deployments import DeploymentService
@@ -51,6 +53,12 @@ class Services:
         from tuneloop.service.evaluators import EvaluatorService
 
         return EvaluatorService(self.store, self.settings)
+
+    @cached_property
+    def evaluations(self) -> "EvaluationService":
+        from tuneloop.service.evaluations import EvaluationService
+
+        return EvaluationService(self.store, self.settings, self.jobs)
 
     def deployments(self, project: str, api_key: str | None = None) -> "DeploymentService":
         """A project's deployment state, `tuneloop serve`, and its server's admin calls."""

@@ -344,38 +344,6 @@ class JobService:
                                    f"{prep.staged.rows} rows{version} ({prep.staged.sha256[:12]})")
         return self.store.get_job(name)
 
-    def submit_eval(self, req, *, launch: bool = True) -> dict[str, Any]:
-        """An evaluation as a tracked job (status, logs, cancel): its model reference and data are
-        checked here, so bad input creates nothing; the runner evaluates and writes the report to
-        the job's output folder (or --output)."""
-        from dataclasses import asdict
-
-        from tuneloop.evaluation.run import check_request
-
-        project = resolve_project(req.project)
-        technique, rows = check_request(req, self.model_lookups(), self.store.get_dataset_version)
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        name, n = f"{project}-eval-{stamp}", 1
-        while self.store.get_job(name) is not None:
-            n += 1
-            name = f"{project}-eval-{stamp}-{n}"
-        job_dir = self.settings.jobs_dir(project) / name
-        job_dir.mkdir(parents=True, exist_ok=True)
-        spec = asdict(req) | {"project": project, "technique": technique,
-                              "output": req.output or str(job_dir / "output"), "dataset_rows": rows,
-                              "base_dir": str(Path.cwd())}
-        (job_dir / "spec.json").write_text(spec_file(spec))
-        row = dict(id=name, project=project, technique="eval", training_type=technique, model=req.model,
-                   dataset=req.dataset, spec=spec, plan=None, job_dir=str(job_dir), dataset_rows=rows,
-                   total_steps=0, active_key=None)
-        if not self.store.insert_job(row):
-            shutil.rmtree(job_dir, ignore_errors=True)
-            raise ValidationError(f"Could not create evaluation job {name}.", param="model")
-        self.store.add_event(name, f"job created: evaluate {req.model} on {req.dataset} ({rows} {technique} rows)")
-        if launch:
-            self.launch(name)
-        return self.get(name)
-
     def _supersede_active(self, project: str, technique: str) -> None:
         job = self.store.latest_job(project, technique)
         if job and job["state"] in ACTIVE_STATES:

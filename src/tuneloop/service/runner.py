@@ -2,9 +2,9 @@
 
 Runs one job in its own process: claim -> run the technique's recipe (training/recipes/: set up,
 train resuming from the last checkpoint, validate, save output and manifest) -> register -> record
-config state. Evaluation jobs (`tuneloop eval`) run evaluation/ instead of a recipe. Started
-detached by `tuneloop tune`; every state change goes to the database, so nothing lives only in this
-process.
+config state. Evaluation jobs (`tuneloop eval`) run through the evaluation service
+(service/evaluations.py) instead of a recipe. Started detached by `tuneloop tune`; every state
+change goes to the database, so nothing lives only in this process.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tuneloop.registry import register_output
+from tuneloop.service.evaluations import EvaluationService
 from tuneloop.service.jobs import dataset_slug
 from tuneloop.settings import load_settings
 from tuneloop.spec import JobSpec
@@ -67,7 +68,8 @@ def run_job(store: Store, job_id: str, expect_pid: int | None = None) -> str:
     heartbeat.start()
     if job["technique"] == "eval":
         try:
-            return _evaluate(store, job)
+            return EvaluationService(store, settings).run(
+                job, lambda state, error=None: _finish(store, job_id, state=state, error=error))
         except Exception as e:
             store.add_event(job_id, f"job failed: {e}", level="error", data={"traceback": traceback.format_exc()})
             _finish(store, job_id, state="failed", error=f"{type(e).__name__}: {e}")
@@ -87,47 +89,6 @@ def run_job(store: Store, job_id: str, expect_pid: int | None = None) -> str:
         return "failed"
     finally:
         heartbeat.stopped.set()
-
-
-class _Cancelled(Exception):
-    pass
-
-
-def _evaluate(store: Store, job: dict[str, Any]) -> str:
-    """An evaluation job (`tuneloop eval`): each phase is a step and an event; a cancel request
-    stops it at the next phase."""
-    from dataclasses import fields
-
-    from tuneloop.evaluation.run import EvalRequest, evaluate
-    from tuneloop.service.models import store_lookups
-
-    job_id, spec = job["id"], job["spec"]
-    req = EvalRequest(**{f.name: spec[f.name] for f in fields(EvalRequest) if f.name in spec})
-    step = {"n": 0}
-
-    def progress(message: str) -> None:
-        current = store.get_job(job_id)
-        if current and current["cancel_requested"]:
-            raise _Cancelled()
-        step["n"] += 1
-        store.update_job(job_id, step=step["n"])
-        store.add_event(job_id, message)
-
-    store.add_event(job_id, f"evaluation started: {req.model} on {req.dataset}")
-    try:
-        result = evaluate(req, on_progress=progress, base_dir=spec.get("base_dir"),
-                          lookups=store_lookups(store), dataset_lookup=store.get_dataset_version)
-    except _Cancelled:
-        _finish(store, job_id, state="cancelled", error="cancelled by user")
-        store.add_event(job_id, "job cancelled", level="warn")
-        return "cancelled"
-    metrics = {**result["model"], **{f"base/{k}": v for k, v in (result["base"] or {}).items()}}
-    store.update_job(job_id, output_path=result["output"], output_type="evaluation", metrics=metrics,
-                     total_steps=step["n"])
-    _finish(store, job_id, state="completed")
-    store.add_event(job_id, "evaluation completed: " + ", ".join(f"{k}={v:.4g}" for k, v in result["model"].items())
-                    + f"; report {result['output']}/report.md", type="evaluation", data=metrics)
-    return "completed"
 
 
 def _tracker(store: Store, job: dict[str, Any]):
