@@ -6,10 +6,16 @@ saturates with small matrices, while every extra sample in a micro-batch adds it
 pads everything to the batch's longest row. Mixed-length SFT data is grouped by length so the
 padding that remains is small.
 
-Why not TRL's defaults: TRL turns on bf16 and gradient checkpointing everywhere. On a CPU, bf16
-matmuls run slower than fp32 and checkpointing recomputes activations the RAM could hold; measured
-here they cost 1.3-1.6x (see bench/RESULTS.md). On GPUs bf16 is right, and checkpointing is
-turned on only when the memory estimate says the batch would not fit without it.
+Why not TRL's defaults: TRL turns on bf16 and gradient checkpointing everywhere. On a CPU without
+native bf16 its matmuls are emulated and checkpointing recomputes activations the RAM could hold;
+measured there they cost 1.3-1.6x (see bench/RESULTS.md). On GPUs bf16 is right, and checkpointing
+is turned on only when the memory estimate says the batch would not fit without it.
+
+Epochs and learning rate, when neither the user nor the model's catalog entry sets them, come from
+the data and the model (`auto_epochs`, `auto_learning_rate`), the way OpenAI's fine-tuning `auto`
+does: a dataset is seen about `TARGET_EXAMPLE_VISITS` times in all, at least once and at most
+`MAX_AUTO_EPOCHS` passes, so a dozen rows get many epochs and 100k rows get one. The LoRA learning
+rate grows as the model shrinks and is divided by the adapter's alpha / rank scale.
 """
 
 from __future__ import annotations
@@ -52,6 +58,52 @@ class DataStats:
 
 
 CPU_TOKENS_PER_MICROBATCH = 512   # see bench/RESULTS.md: same speed, a fraction of the memory of 8 x max_len
+
+# ---- epochs and learning rate from the data and the model ---------------------------------------------
+# OpenAI's `auto` n_epochs: 3 passes, raised so that small sets are seen >= 100 example-visits in all and
+# lowered so large ones stay <= 25k, within [1, 25]. Measured on SmolLM2-135M-Instruct (LoRA r16/a32,
+# 12 made-up facts, batch 8; tests/e2e/test_real_model_sft.py): 6 steps at 2e-4 teach 0%, 20 epochs at
+# 1e-3 teach 100% but forget real-world answers, 8 epochs at 1e-3 teach >= 90% and forget nothing;
+# round(100 / 12) = 8 epochs lands in that window.
+TARGET_EXAMPLE_VISITS = 100
+MAX_EXAMPLE_VISITS = 25_000
+DEFAULT_AUTO_EPOCHS = 3
+MAX_AUTO_EPOCHS = 25
+AUTO_TECHNIQUES = ("sft", "dpo")
+# LoRA peak learning rate at 7B parameters and alpha / rank = 2 (the generic 2e-4 / 5e-5), scaled by
+# (7e9 / parameters) ** 0.4 within [1e-4 x, 5 x]: 135M -> 9.7e-4 for SFT, the 1e-3 that taught above.
+LORA_LR_AT_7B = {"sft": 2e-4, "dpo": 5e-5}
+LR_SIZE_EXPONENT = 0.4
+
+
+def auto_epochs(rows: int) -> int:
+    """Passes over `rows` examples so the job sees about TARGET_EXAMPLE_VISITS of them, within
+    [1, MAX_AUTO_EPOCHS]; DEFAULT_AUTO_EPOCHS where that already lies between 100 and 25k visits."""
+    rows = max(1, rows)
+    if rows * DEFAULT_AUTO_EPOCHS < TARGET_EXAMPLE_VISITS:
+        return min(MAX_AUTO_EPOCHS, max(DEFAULT_AUTO_EPOCHS, round(TARGET_EXAMPLE_VISITS / rows)))
+    if rows * DEFAULT_AUTO_EPOCHS > MAX_EXAMPLE_VISITS:
+        return max(1, MAX_EXAMPLE_VISITS // rows)
+    return DEFAULT_AUTO_EPOCHS
+
+
+def auto_learning_rate(technique: str, parameters: int, lora_rank: int, lora_alpha: int) -> float:
+    """The LoRA peak learning rate for a model of `parameters`: LORA_LR_AT_7B scaled by
+    (7e9 / parameters) ** LR_SIZE_EXPONENT (clamped to [0.25x, 5x]) and by 2 / (alpha / rank), so a
+    larger adapter scale gets a proportionally smaller step. Three significant digits."""
+    size = min(5.0, max(0.25, (7e9 / max(parameters, 1)) ** LR_SIZE_EXPONENT))
+    lr = LORA_LR_AT_7B[technique] * size * 2.0 / (lora_alpha / max(lora_rank, 1))
+    return float(f"{lr:.3g}")
+
+
+# ---- time from measured throughput --------------------------------------------------------------------
+# LoRA SFT training tokens/s, fp32, on this project's 2-core AMD EPYC CPU (avx512_bf16): (parameters, tok/s).
+# 25.7M: tuneloop/small-qwen3, `python bench/train_throughput.py --technique sft --samples 16 --repeats 2`
+#   (bench/RESULTS.md, 524 tok/s). 135M: SmolLM2-135M-Instruct, train_runtime of
+#   `tuneloop tune --model SmolLM2-135M-Instruct.Q4_1.gguf --technique sft --dataset facts.jsonl` (the e2e
+#   test's run; shared machine, see the report). Between points log-log interpolation, beyond them
+#   tokens/s ~ 1 / parameters; full-rank costs 1.5x (6 vs 4 FLOP per parameter and token).
+CPU_LORA_SFT_TOKENS_PER_S: tuple[tuple[float, float], ...] = ((25.7e6, 524.0), (134.5e6, 120.0))
 
 
 @dataclass
@@ -155,10 +207,27 @@ def estimate_time_s(shape: ModelShape, technique: str, lora: bool, tokens: float
     if technique == "dpo":
         flops_per_token = 2 * flops_per_token + 2 * shape.parameters   # two sequences + reference forward
     if hw.device == "cpu":
-        throughput = hw.cpu_cores * 8e9                       # effective fp32 FLOP/s per core on small matmuls
-    else:
-        throughput = hw.count * (250e12 if precision != "fp32" else 40e12)
+        # the measured table is LoRA SFT at 4 FLOP per parameter and token; other work scales by its FLOPs
+        return tokens / cpu_lora_tokens_per_s(shape.parameters, hw.cpu_cores) * flops_per_token / (4 * shape.parameters)
+    throughput = hw.count * (250e12 if precision != "fp32" else 40e12)
     return flops_per_token * tokens / throughput
+
+
+def cpu_lora_tokens_per_s(parameters: int, cores: int, table=CPU_LORA_SFT_TOKENS_PER_S) -> float:
+    """LoRA SFT tokens/s for a model of `parameters` on a CPU, from the measured table (2 cores;
+    other core counts scale linearly): log-log between its points, ~1/parameters above them, at most
+    4x the smallest point's rate below it."""
+    p = max(float(parameters), 1.0)
+    (p0, t0), (p1, t1) = table[0], table[-1]
+    if p <= p0:
+        rate = t0 * min(4.0, p0 / p)     # tiny models are bound by per-step overhead, not FLOPs
+    elif p >= p1:
+        rate = t1 * p1 / p
+    else:
+        lo, hi = next((a, b) for a, b in zip(table, table[1:]) if a[0] <= p <= b[0])
+        f = math.log(p / lo[0]) / math.log(hi[0] / lo[0])
+        rate = math.exp(math.log(lo[1]) + f * (math.log(hi[1]) - math.log(lo[1])))
+    return rate * max(cores, 1) / 2
 
 
 def make_plan(*, technique: str, training_type: str, shape: ModelShape, data: DataStats, hw: Hardware,
@@ -173,8 +242,9 @@ def make_plan(*, technique: str, training_type: str, shape: ModelShape, data: Da
     max_len = int(hp["dataset_max_len"])
     seq = min(max_len, max(8, data.max_tokens))
     global_batch = int(hp["global_batch_size"])
-    epochs = int(hp["max_epochs"])
     notes: list[str] = []
+    hp = auto_schedule(technique, training_type, shape, data, hp, defaults=defaults, overrides=overrides, notes=notes)
+    epochs = int(hp["max_epochs"])
 
     precision = "fp32" if hw.device == "cpu" else ("bf16" if hw.bf16 else "fp16")
     world = hw.count if hw.device == "cuda" else 1
@@ -196,9 +266,7 @@ def make_plan(*, technique: str, training_type: str, shape: ModelShape, data: Da
             checkpointing = True
             notes.append("gradient checkpointing on: one sample does not fit without it")
         else:
-            raise ValidationError(
-                f"This job needs about {mem:.1f} GiB per device; {hw.device} has {budget:.1f} GiB usable.",
-                hint="Use --training-type lora, a smaller --max-seq-length, or a machine with more memory.")
+            raise too_large(mem, budget, hw, shape, lora, "a smaller --max-seq-length")
     grad_accum = max(1, math.ceil(global_batch / (per_device * world)))
     effective = per_device * grad_accum * world
     if effective != global_batch:
@@ -225,6 +293,40 @@ def make_plan(*, technique: str, training_type: str, shape: ModelShape, data: Da
         est_time_s=round(estimate_time_s(shape, technique, lora, tokens, hw, precision), 1),
         notes=notes,
     )
+
+
+def auto_schedule(technique: str, training_type: str, shape: ModelShape, data: DataStats, hp: dict[str, Any], *,
+                  defaults: dict[str, Any], overrides: dict[str, Any], notes: list[str]) -> dict[str, Any]:
+    """`hp` with the epochs and (LoRA) learning rate derived from the data and the model wherever
+    neither the user (`overrides`) nor the model's catalog entry (`defaults`) sets them; each
+    derived value is said in `notes`. max_steps given: the epochs are not derived (steps win)."""
+    if technique not in AUTO_TECHNIQUES:
+        return hp
+    out = dict(hp)
+    if "max_epochs" not in overrides and "max_epochs" not in defaults and not hp.get("max_steps"):
+        out["max_epochs"] = auto_epochs(data.rows)
+        notes.append(f"epochs {out['max_epochs']}: from {data.rows} rows (about {TARGET_EXAMPLE_VISITS} "
+                     "example-visits, 1 to 25 passes; set --epochs to change it)")
+    if training_type == "lora" and "learning_rate" not in overrides and "learning_rate" not in defaults:
+        out["learning_rate"] = auto_learning_rate(technique, shape.parameters, int(hp["lora_rank"]),
+                                                  int(hp["lora_alpha"]))
+        notes.append(f"learning rate {out['learning_rate']:g}: for {shape.parameters / 1e6:.0f}M parameters "
+                     f"at LoRA rank {hp['lora_rank']}, alpha {hp['lora_alpha']} (set --learning-rate to change it)")
+    return out
+
+
+def too_large(needed_gb: float, budget_gb: float, hw: Hardware, shape: ModelShape, lora: bool,
+              smaller: str) -> ValidationError:
+    """The refusal of a job whose estimated peak memory exceeds what the machine can use, before any
+    job exists: the estimate, the budget, and the fixes that apply."""
+    fixes = ([] if lora else ["--training-type lora"]) + [
+        "a smaller model", smaller, f"a machine with more {'RAM' if hw.device == 'cpu' else 'GPU memory'}"]
+    where = "RAM" if hw.device == "cpu" else f"{hw.name or hw.device} memory"
+    return ValidationError(
+        f"This job needs about {needed_gb:.1f} GiB at its smallest layout (gradient checkpointing on) "
+        f"for a {shape.parameters / 1e9:.2f}B-parameter model; this machine has {budget_gb:.1f} GiB of {where} "
+        "usable for training.",
+        hint="Use " + ", ".join(fixes[:-1]) + " or " + fixes[-1] + ".", param="model")
 
 
 # ---- RL (GRPO) ---------------------------------------------------------------------------------------
@@ -289,11 +391,8 @@ def make_rl_plan(*, technique: str, training_type: str, shape: ModelShape, data:
             checkpointing = True
             notes.append("gradient checkpointing on: one group of completions does not fit without it")
         else:
-            raise ValidationError(
-                f"This job needs about {memory(per_device, True):.1f} GiB per device; {hw.device} has "
-                f"{budget:.1f} GiB usable.",
-                hint="Use --training-type lora, fewer --num-generations, a smaller --max-response-length, "
-                     "or a machine with more memory.")
+            raise too_large(memory(per_device, True), budget, hw, shape, lora,
+                            "fewer --num-generations, a smaller --max-response-length")
     grad_accum = max(1, global_batch // (per_device * world))
     effective = per_device * grad_accum * world
     prompts_per_step = effective // gens
