@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 from tuneloop.catalog import RL_TECHNIQUES, TECHNIQUES, TRAINING_TYPES
@@ -260,3 +261,12 @@ def spec_record(spec: JobSpec, extra: dict[str, Any] | None = None) -> dict[str,
 def spec_file(record: dict[str, Any]) -> str:
     """The text of a spec file: the one format of spec.json and tuneloop_spec.json."""
     return json.dumps(record, indent=2, sort_keys=True) + "\n"
+
+
+def write_spec_file(path: Path, record: dict[str, Any]) -> Path:
+    """Write `record` as the spec file `path` (the job's spec.json, the output's
+    tuneloop_spec.json), atomically: a reader sees the whole file or none."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(spec_file(record))
+    tmp.replace(path)
+    return path

@@ -44,7 +44,8 @@ def test_sft_lora_teaches_the_trained_answers(train, models_dir, home, model):
     assert manifest["dataset"]["rows"] == 16 and len(manifest["dataset"]["sha256"]) == 64
     assert manifest["plan"]["precision"] == "fp32" and manifest["base_model"] == model
     assert set(manifest["versions"]) == {"torch", "transformers", "trl", "peft", "tuneloop"}
-    assert json.loads((out / "tuneloop_spec.json").read_text())["technique"] == "sft"
+    spec = json.loads((out / "tuneloop_spec.json").read_text())
+    assert spec["technique"] == "sft" and spec == manifest["spec"] == job["spec"]   # one record, written once
 
 
 def test_sft_full_rank_teaches_and_records_state(train, models_dir, home):

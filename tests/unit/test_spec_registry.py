@@ -155,10 +155,12 @@ def test_request_and_spec_share_one_declaration_and_the_spec_is_frozen():
     assert JobSpec.from_dict(old) == spec
 
 
-def test_one_function_writes_the_spec_file():
+def test_one_function_writes_the_spec_file(tmp_path):
     import json
 
     spec = JobSpec(project="p", technique="sft", model="m", model_source="builtin", dataset="d.jsonl")
     record = spec_mod.spec_record(spec, {"dataset_rows": 3})
     text = spec_mod.spec_file(record)
     assert json.loads(text) == record and record["dataset_rows"] == 3 and text.endswith("}\n")
+    path = spec_mod.write_spec_file(tmp_path / "tuneloop_spec.json", record)
+    assert path.read_text() == text and [p.name for p in tmp_path.iterdir()] == ["tuneloop_spec.json"]

@@ -27,7 +27,7 @@ from tuneloop.evaluation.run import EvalRequest, check_request, evaluate
 from tuneloop.models.resolve import ModelLookups
 from tuneloop.service.models import store_lookups
 from tuneloop.settings import Settings, resolve_project
-from tuneloop.spec import spec_file
+from tuneloop.spec import write_spec_file
 from tuneloop.store import Store
 
 if TYPE_CHECKING:
@@ -88,7 +88,7 @@ class EvaluationService:
         spec = asdict(req) | {"project": project, "technique": technique,
                               "output": req.output or str(job_dir / "output"), "dataset_rows": rows,
                               "base_dir": str(Path.cwd())}
-        (job_dir / "spec.json").write_text(spec_file(spec))
+        write_spec_file(job_dir / "spec.json", spec)
         row = dict(id=name, project=project, technique="eval", training_type=technique, model=req.model,
                    dataset=req.dataset, spec=spec, plan=None, job_dir=str(job_dir), dataset_rows=rows,
                    total_steps=0, active_key=None)

@@ -29,7 +29,8 @@ from tuneloop.models.resolve import ModelLookups, ModelRef, resolve
 from tuneloop.models.shape import model_shape
 from tuneloop.service.models import check_generic, model_defaults, store_lookups
 from tuneloop.settings import Settings, resolve_project
-from tuneloop.spec import JobSpec, TuneRequest, check_hyperparameters, resolve_hyperparameters, spec_file, spec_record
+from tuneloop.spec import (JobSpec, TuneRequest, check_hyperparameters, resolve_hyperparameters, spec_record,
+                           write_spec_file)
 from tuneloop.store.repo import ACTIVE_STATES, Store, age_seconds
 from tuneloop.training.plan import Hardware, Plan, detect_hardware, make_plan
 
@@ -325,7 +326,7 @@ class JobService:
             shutil.move(str(f), job_dir / "data" / f.name)
         (job_dir / "plan.json").write_text(json.dumps(prep.plan.to_dict(), indent=2) + "\n")
         spec_dict = spec_record(spec, _dataset_record(prep))
-        (job_dir / "spec.json").write_text(spec_file(spec_dict))
+        write_spec_file(job_dir / "spec.json", spec_dict)
         row = dict(id=name, project=spec.project, technique=spec.technique, training_type=spec.training_type,
                    model=spec.model, dataset=spec.dataset, spec=spec_dict,
                    plan=prep.plan.to_dict(), job_dir=str(job_dir), dataset_sha256=prep.staged.sha256,

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from tuneloop.spec import JobSpec
+from tuneloop.spec import JobSpec, write_spec_file
 from tuneloop.training import common
 from tuneloop.training.plan import Plan
 
@@ -150,19 +150,20 @@ class Recipe:
         return evaluate_validation(self.trainer, self.tokenizer, self.technique, self.ctx.validation_path)
 
     def save(self, metrics: dict[str, float]) -> RecipeResult:
-        """The output folder: the weights, manifest.json (spec, plan, data, metrics, versions)
-        and tuneloop_spec.json."""
+        """The output folder: the weights, tuneloop_spec.json and manifest.json (spec, plan, data,
+        metrics, versions); both spec copies are the job's one spec record (spec.spec_record)."""
         ctx, job = self.ctx, self.ctx.job
         out_dir = ctx.output_dir
         output_type = self.save_weights(out_dir)
+        record = job["spec"]                    # as submit recorded it: the row and the job's spec.json
+        write_spec_file(out_dir / "tuneloop_spec.json", record)
         manifest = {
-            "job": ctx.job_id, "spec": job["spec"], "plan": job["plan"], "base_model": ctx.spec.model,
+            "job": ctx.job_id, "spec": record, "plan": job["plan"], "base_model": ctx.spec.model,
             "base_model_path": ctx.model_dir, "output_type": output_type,
             "dataset": {"source": ctx.spec.dataset, "sha256": job["dataset_sha256"], "rows": job["dataset_rows"]},
             "metrics": metrics, "versions": common.versions(),
         }
         common.write_json(out_dir / "manifest.json", manifest)
-        common.write_json(out_dir / "tuneloop_spec.json", job["spec"])
         return RecipeResult(out_dir, output_type, metrics)
 
     # ---- what a technique may change ------------------------------------------------------------------
