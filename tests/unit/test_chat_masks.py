@@ -201,6 +201,9 @@ def test_a_model_without_a_template_trains_on_prompt_plus_completion(tokenizer):
     assert enc.method == "plain" and enc.input_ids[-1] == tok.eos_token_id
     assert tok.decode([i for i, m in zip(enc.input_ids, enc.mask) if m]) == " Paris." + tok.eos_token
     assert tok.decode([i for i, m in zip(enc.input_ids, enc.mask) if not m]) == "The capital of France is"
+    tok.add_bos_token = tok.add_eos_token = True   # a tokenizer that wraps every text in bos ... eos
+    wrapped = encode_row(tok, {"prompt": "The capital of France is", "completion": " Paris."})
+    assert wrapped.input_ids == [tok.bos_token_id] + enc.input_ids and wrapped.mask == [0] + enc.mask  # one eos, last
     columns, summary = tokenize_rows(tok, [{"prompt": "a", "completion": "b"}], None, "train.jsonl")
     assert "no chat template" in summary.line("training data", None)
     with pytest.raises(DatasetError, match="needs a chat template"):

@@ -45,12 +45,13 @@ def generate(model, tok, prompts: Sequence[Any], max_new_tokens: int = 32, batch
     import torch
 
     texts = _chat_prompts(tok, prompts)
+    plain = not getattr(tok, "chat_template", None)   # a base model's prompt gets its bos, as in training and serving
     out: list[str] = []
     side = tok.padding_side
     tok.padding_side = "left"
     try:
         for i in range(0, len(texts), batch_size):
-            enc = tok(texts[i:i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
+            enc = tok(texts[i:i + batch_size], return_tensors="pt", padding=True, add_special_tokens=plain)
             enc = {k: v.to(model.device) for k, v in enc.items()}
             with torch.no_grad():
                 ids = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,

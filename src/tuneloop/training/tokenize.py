@@ -142,9 +142,12 @@ def encode_plain(tok, prompt: str, completion: str) -> Encoded:
     """A base model's row: prompt (with the tokenizer's own special tokens, e.g. bos, as TRL and
     pretraining have them) + completion + eos; the loss on the completion and eos."""
     p_ids = list(tok(prompt)["input_ids"])
+    eos = tok.eos_token_id
+    if eos is not None and p_ids[-1:] == [eos] and not prompt.endswith(tok.eos_token or "\0"):
+        p_ids.pop()   # a tokenizer that appends eos to every text: the prompt does not end the sequence
     c_ids = list(tok(completion, add_special_tokens=False)["input_ids"])
-    if tok.eos_token_id is not None and (not c_ids or c_ids[-1] != tok.eos_token_id):
-        c_ids.append(tok.eos_token_id)
+    if eos is not None and (not c_ids or c_ids[-1] != eos):
+        c_ids.append(eos)
     return Encoded(p_ids + c_ids, [0] * len(p_ids) + [1] * len(c_ids), "plain")
 
 
