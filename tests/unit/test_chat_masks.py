@@ -242,3 +242,29 @@ def test_pad_equal_to_eos_keeps_eos_in_trls_labels(tokenizer, tmp_path):
     assert (ids[1, short:] == eos).all()   # padding is eos's id too ...
     trained_eos = [k for k in range(short) if columns["assistant_masks"][1][k] and ids[1, k] == eos]
     assert len(trained_eos) == 1 and labels[1, trained_eos[0]] == eos   # ... yet the real eos stays in the loss
+
+
+def test_evaluation_scores_the_trained_tokens_of_every_turn(tokenizer):
+    """tuneloop eval's SFT loss covers what training covers: every assistant turn of a messages row
+    through its end-of-turn token, batched with right padding (pad == eos) as if each row were alone."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tuneloop.evaluation.metrics import row_logprobs
+
+    tok = tokenizer()
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=1)).eval()
+    rows = [{"messages": MULTI}, {"prompt": "Capital of France?", "completion": "Paris."}]
+    got = row_logprobs(model, tok, rows)
+    for row, (total, n, hits) in zip(rows, got):
+        enc = encode_row(tok, row)
+        with torch.no_grad():
+            logits = model(torch.tensor([enc.input_ids])).logits[0]
+        logp = torch.log_softmax(logits, -1)
+        idx = [k for k in range(1, len(enc.input_ids)) if enc.mask[k]]
+        assert n == len(idx) == enc.trained
+        assert total == pytest.approx(sum(logp[k - 1, enc.input_ids[k]].item() for k in idx), rel=1e-4)
+        assert hits == sum(int(logits[k - 1].argmax() == enc.input_ids[k]) for k in idx)
+    assert got[0][1] == len(tok("Paris.<|im_end|>\nRome, since 1871.<|im_end|>\n", add_special_tokens=False)["input_ids"])
