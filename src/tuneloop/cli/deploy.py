@@ -16,7 +16,8 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from tuneloop.cli.common import console, handle_errors, print_json
+from tuneloop.cli.common import console, handle_errors, print_json, services
+from tuneloop.settings import resolve_project
 
 adapter_app = typer.Typer(help="LoRA adapters served on the base model (hot-loaded into a running server).",
                           no_args_is_help=True)
@@ -27,9 +28,6 @@ FROM_TUNE = typer.Option(False, "--from-tune", help="Use a tune job's output: RE
 
 
 def deployments(project: Optional[str], api_key: Optional[str] = None):
-    from tuneloop.cli.common import services
-    from tuneloop.settings import resolve_project
-
     return services().deployments(resolve_project(project), api_key=api_key)
 
 

@@ -4,12 +4,16 @@ cancel) that writes results.json, report.md and metrics.png."""
 
 from __future__ import annotations
 
+import json
 import sys
+from pathlib import Path
 from typing import List, Optional
 
 import typer
 
-from tuneloop.cli.common import console, handle_errors, print_json
+from tuneloop.cli.common import console, handle_errors, print_json, public_job, services
+from tuneloop.cli.follow import follow
+from tuneloop.errors import JobFailedError
 
 
 @handle_errors
@@ -36,13 +40,7 @@ def eval_(model: str = typer.Option(..., "--model", help="A job (name, or a tech
           as_json: bool = typer.Option(False, "--json")) -> None:
     """Evaluate a model: SFT loss, perplexity, token accuracy and exact match; DPO preference
     accuracy and margins; mean reward under evaluators; judge scores and win rate against the base."""
-    import json
-    from pathlib import Path
-
-    from tuneloop.cli.common import public_job, services
-    from tuneloop.cli.follow import follow
-    from tuneloop.errors import JobFailedError
-    from tuneloop.evaluation.run import EvalRequest
+    from tuneloop.evaluation.run import EvalRequest  # staging and rewards: not on the CLI's light paths
 
     req = EvalRequest(model=model, dataset=dataset, technique=technique, evaluators=list(evaluator or []),
                       judge=judge, compare_base=compare_base,

@@ -14,14 +14,12 @@ from typing import Any, List, Optional
 
 import typer
 
-from tuneloop.cli.common import console, handle_errors, print_json
+from tuneloop.cli.common import console, handle_errors, print_json, services
 
 app = typer.Typer(help="Reward functions and reward prompts: register, version, verify.", no_args_is_help=True)
 
 
 def _service():
-    from tuneloop.cli.common import services
-
     return services().evaluators
 
 

@@ -26,10 +26,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from tuneloop.data.stage import stage_dataset
 from tuneloop.data.staged import read_rows
 from tuneloop.errors import ValidationError
+from tuneloop.evaluation.metrics import (PAIRWISE_PROMPT, answer_logprobs, pairwise_verdict, preference_metrics,
+                                         row_logprobs, sft_metrics)
+from tuneloop.evaluation.quick import generate, load_for_eval  # torch loads inside, when a model does
 from tuneloop.models.resolve import ModelLookups, ModelRef, resolve
-from tuneloop.rewards.base import Score
+from tuneloop.rewards.base import Sample, Score
+from tuneloop.rewards.functions import RewardContext
+from tuneloop.rewards.policy import RowRewardPolicy
 
 DatasetLookup = Callable[[str], Any]   # a registered dataset name -> its row (the store's, passed in)
 
@@ -60,9 +66,6 @@ def resolve_eval_model(ref: str, project: str | None = None, lookups: ModelLooku
 
 def _stage(req: EvalRequest, work: Path, dataset_lookup: DatasetLookup | None = None
            ) -> tuple[str, list[dict[str, Any]]]:
-    from tuneloop.data.stage import stage_dataset
-    from tuneloop.rewards.policy import RowRewardPolicy
-
     order = [req.technique] if req.technique else (["rlvr"] if req.evaluators else ["dpo", "sft", "rlvr"])
     errors: list[ValidationError] = []
     for technique in order:
@@ -108,9 +111,6 @@ def _split(row: dict[str, Any]) -> tuple[Any, str]:
 def _sft(model, tok, rows, max_new_tokens) -> tuple[dict[str, float], list[str]]:
     """Loss, perplexity and token accuracy on the tokens training covers (every assistant turn of a
     messages row), exact match of the greedy answer to the last turn."""
-    from tuneloop.evaluation.metrics import row_logprobs, sft_metrics
-    from tuneloop.evaluation.quick import generate
-
     pairs = [_split(r) for r in rows]
     metrics = sft_metrics(row_logprobs(model, tok, rows))
     answers = generate(model, tok, [p for p, _ in pairs], max_new_tokens)
@@ -119,8 +119,6 @@ def _sft(model, tok, rows, max_new_tokens) -> tuple[dict[str, float], list[str]]
 
 
 def _logps_pairs(model, tok, rows) -> list[tuple[float, float]]:
-    from tuneloop.evaluation.metrics import answer_logprobs
-
     chosen = answer_logprobs(model, tok, [(r["prompt"], r["chosen"]) for r in rows])
     rejected = answer_logprobs(model, tok, [(r["prompt"], r["rejected"]) for r in rows])
     return [(c[0], r[0]) for c, r in zip(chosen, rejected)]
@@ -135,8 +133,6 @@ def score_answers(ctx, rows: list[dict[str, Any]], answers: list[str], refs: lis
                   default_ref: str | None = None) -> dict[str, list[Score]]:
     """Each reward's scores of the answers it applies to: with `refs`, every ref scores every row;
     otherwise each row is scored by its reward_model, else `default_ref`. One call per reward."""
-    from tuneloop.rewards.base import Sample
-
     groups: dict[str, list[int]] = {}
     for i, r in enumerate(rows):
         for ref in refs or [r.get("reward_model") or default_ref or ""]:
@@ -166,8 +162,6 @@ def _reward_means(scored: dict[str, list[Score]]) -> dict[str, float]:
 def _win_rate(judge, rows, model_answers, base_answers) -> dict[str, float]:
     """The judge compares each pair in both orders (position bias cancels): model wins both 1,
     loses both 0, anything else 0.5; prompts without a verdict in either order are left out."""
-    from tuneloop.evaluation.metrics import PAIRWISE_PROMPT, pairwise_verdict
-
     def text(p):
         return p if isinstance(p, str) else "\n".join(f"{m['role']}: {m['content']}" for m in p)
 
@@ -216,8 +210,6 @@ def evaluate(req: EvalRequest, *, output: Path, models_dir: Path | None = None,
              lookups: ModelLookups | None = None, dataset_lookup: DatasetLookup | None = None) -> dict[str, Any]:
     """Evaluate `req` and write results.json, report.md and metrics.png to `output` (replaced when
     it holds a previous evaluation); `on_progress` hears each phase (and may raise to stop)."""
-    from tuneloop.evaluation.quick import generate, load_for_eval
-
     say = on_progress or (lambda message: None)
     started = time.monotonic()
     out = Path(output)
@@ -250,8 +242,6 @@ def evaluate(req: EvalRequest, *, output: Path, models_dir: Path | None = None,
         if req.compare_base and base is not None:
             result["base"], answers["base"] = _sft(base, tok, rows, req.max_new_tokens)
     elif technique == "dpo":
-        from tuneloop.evaluation.metrics import preference_metrics
-
         policy = _logps_pairs(model, tok, rows)
         reference = _logps_pairs(base, tok, rows) if base is not None else None
         # with a reference (an adapter's base): DPO's implicit reward; always: the plain log p margin
@@ -270,8 +260,6 @@ def evaluate(req: EvalRequest, *, output: Path, models_dir: Path | None = None,
     if technique == "rlvr" and not refs:   # the rows name their rewards
         refs = sorted({r["reward_model"] for r in rows if r.get("reward_model")})
     if refs or (req.judge and req.compare_base and "base" in answers):
-        from tuneloop.rewards.functions import RewardContext
-
         say("scoring answers" + (f" with {', '.join(refs)}" if refs else ""))
         with RewardContext(base_dir=base_dir or Path.cwd(), judge_model=req.judge,
                            models_dir=models_dir) as ctx:

@@ -20,8 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from tuneloop.errors import ValidationError
+from tuneloop.netguard import check_url
 from tuneloop.rewards.functions import RefError, parse_ref, ref_hint
+from tuneloop.rewards.graders import GraderConfigError, builtin_names, check_grader
 from tuneloop.rewards.policy import module_problem
+from tuneloop.rewards.prompts import PromptError, load_prompt
 
 TYPES = ("reward-function", "reward-prompt")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
@@ -88,16 +91,12 @@ def _materialize(kind_type: str, source: str, base: Path) -> tuple[str, str, byt
     if r.kind == "module" and module_problem(r.value):
         raise ValidationError(f"Refusing {source!r}: {module_problem(r.value)}.", param="source")
     if r.kind == "http":
-        from tuneloop.netguard import check_url
-
         check_url(r.value, what="reward endpoint")
     if kind_type == "reward-prompt":
         if r.kind != "prompt":
             raise ValidationError(f"{source!r} is a reward function ({r.kind}), not a reward prompt.",
                                   hint="Use --type reward-function, or give Builtin.<Name>, a template file or "
                                        "text with {{ completion }}.", param="source")
-        from tuneloop.rewards.prompts import PromptError, load_prompt
-
         try:
             prompt = load_prompt(source, base)
         except PromptError as e:
@@ -122,8 +121,6 @@ def _materialize(kind_type: str, source: str, base: Path) -> tuple[str, str, byt
             if not path.is_file():
                 raise ValidationError(f"Grader file {text} not found.", param="source")
             text = path.read_text(encoding="utf-8")
-        from tuneloop.rewards.graders import GraderConfigError, check_grader
-
         try:
             spec = json.loads(text)
             check_grader(spec)
@@ -132,8 +129,6 @@ def _materialize(kind_type: str, source: str, base: Path) -> tuple[str, str, byt
         data = json.dumps(spec, indent=2, sort_keys=True).encode()
         return "grader", "{folder}/grader.json", data, {"grader.json": data}
     if r.kind == "builtin":
-        from tuneloop.rewards.graders import builtin_names
-
         if r.value not in builtin_names():
             raise ValidationError(f"Unknown built-in grader {r.value!r}.",
                                   hint="Built-ins: " + ", ".join(builtin_names()), param="source")

@@ -19,12 +19,15 @@ import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tuneloop.models.resolve import resolve
 from tuneloop.registry import register_output
 from tuneloop.service.evaluations import EvaluationService
 from tuneloop.service.jobs import dataset_slug
 from tuneloop.settings import load_settings
 from tuneloop.spec import JobSpec
 from tuneloop.store import Store, open_store
+from tuneloop.store.db import utcnow
+from tuneloop.tracking import open_tracker
 from tuneloop.training.plan import Plan
 
 if TYPE_CHECKING:
@@ -43,8 +46,6 @@ class Heartbeat(threading.Thread):
         self.stopped = threading.Event()
 
     def run(self) -> None:
-        from tuneloop.store.db import utcnow
-
         while not self.stopped.wait(HEARTBEAT_S):
             try:
                 self.store.update_job(self.job_id, heartbeat_at=utcnow())
@@ -92,8 +93,6 @@ def run_job(store: Store, job_id: str, expect_pid: int | None = None) -> str:
 
 
 def _tracker(store: Store, job: dict[str, Any]):
-    from tuneloop.tracking import open_tracker
-
     def on_event(level: str, message: str, data: dict[str, Any]) -> None:
         store.add_event(job["id"], message, level=level, type="tracking" if "mlflow_url" in data else "message",
                         data=data or None)
@@ -103,8 +102,7 @@ def _tracker(store: Store, job: dict[str, Any]):
 
 def _tune(store: Store, settings, job: dict[str, Any], tracker) -> str:
     """A training job: its technique's recipe trains and saves the output, then it is registered."""
-    from tuneloop.models.resolve import resolve
-    from tuneloop.training.recipes import JobContext, recipe_for
+    from tuneloop.training.recipes import JobContext, recipe_for  # torch, transformers, TRL
 
     spec = JobSpec.from_dict(job["spec"])
     model = resolve(spec.model, technique=spec.technique, training_type=spec.training_type,
