@@ -23,7 +23,7 @@ def test_an_unknown_model_is_the_resolvers_error_before_anything_runs(home, tmp_
     assert "missing.gguf" in r.stdout + r.stderr and "Traceback" not in r.stdout + r.stderr
 
 
-def test_the_real_run_passes_the_model_to_every_job(home, monkeypatch, tmp_path):
+def test_the_real_run_passes_the_model_to_every_job(home, monkeypatch, models_dir):
     """In process, the model's loading and answers stubbed out: the demo evaluates the model it was
     given and the first job it submits asks for it (a folder here, as `--model ./my-model` gives)."""
     from rich.console import Console
@@ -34,7 +34,7 @@ def test_the_real_run_passes_the_model_to_every_job(home, monkeypatch, tmp_path)
     from tuneloop.evaluation import quick
     from tuneloop.models.builtin import ensure_builtin
 
-    folder = ensure_builtin("tuneloop/tiny-qwen3", tmp_path / "models")   # a plain model folder
+    folder = ensure_builtin("tuneloop/tiny-qwen3", models_dir)   # passed as a plain model folder
     svc = service()
     asked, loaded = [], []
 
