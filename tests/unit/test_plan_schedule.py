@@ -61,6 +61,9 @@ def test_time_comes_from_the_measured_throughput():
     mid = cpu_lora_tokens_per_s(60_000_000, 2)
     assert cpu_lora_tokens_per_s(134_515_008, 2) < mid < 524.0
     assert cpu_lora_tokens_per_s(7e9, 2) < cpu_lora_tokens_per_s(134_515_008, 2) / 40
+    assert cpu_lora_tokens_per_s(1_000, 2) == pytest.approx(4 * 524.0)      # overhead-bound below the table
+    table = ((1e7, 1000.0), (1e9, 10.0))                                       # log-log between measured points
+    assert cpu_lora_tokens_per_s(1e8, 2, table) == pytest.approx(100.0)
     p = plan(12)
     assert p.est_time_s == pytest.approx(12 * 30 * 8 / cpu_lora_tokens_per_s(SMOL.parameters, 2), rel=0.02)
 
