@@ -10,6 +10,7 @@ answered right (no forgetting).
 from __future__ import annotations
 
 import json
+import os
 import re
 import string
 from pathlib import Path
@@ -80,8 +81,12 @@ def converted(real_gguf, models_dir) -> Path:
     return Path(resolve(str(real_gguf), use="eval", models_dir=models_dir).load_path())
 
 
-@pytest.mark.xfail(strict=False, reason="measured 2026-12-03: the planned 8 epochs at 9.72e-4 teach 10/12 and "
-                   "7/12 paraphrases but forget all 4 known capitals; the planner's window is not found yet")
+# Not yet met, so it runs only when asked (TUNELOOP_ACCEPTANCE=1): measured 2026-12-03, the planned 8 epochs at
+# 9.72e-4 teach 10/12 facts and 7/12 paraphrases but forget all 4 known capitals. A non-strict xfail would
+# pass whatever happened; this way it fails loudly when run, and costs CI nothing until the window is found.
+@pytest.mark.skipif(not os.environ.get("TUNELOOP_ACCEPTANCE"),
+                    reason="issue 12's acceptance run (set TUNELOOP_ACCEPTANCE=1): the planner's default window on "
+                           "SmolLM2 still forgets (measured: 10/12 taught, 0/4 controls kept)")
 def test_default_plan_teaches_facts_without_forgetting(home, real_gguf, converted, tmp_path):
     base_controls = answers(converted, None, [q for q, _ in CONTROLS])
     controls = [(q, a) for (q, a), said in zip(CONTROLS, base_controls) if a in norm(said)]
