@@ -88,3 +88,12 @@ def real_gguf() -> Path:
             pytest.fail(message)
         pytest.skip(message)
     return path
+
+
+@pytest.fixture(scope="session")
+def real_model_folder(real_gguf, models_dir) -> Path:
+    """The real model as a safetensors folder, converted once a session by the resolver (models/gguf.py)
+    into the session's models dir: every real-model test shares this one conversion."""
+    from tuneloop.models.resolve import resolve
+
+    return Path(resolve(str(real_gguf), use="eval", models_dir=models_dir).load_path())

@@ -14,19 +14,9 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="session")
-def real_folder(real_gguf, tmp_path_factory) -> Path:
-    """The real model as a Hugging Face folder (transformers dequantizes the Q4_1 GGUF)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    folder = tmp_path_factory.mktemp("smollm2")
-    model = AutoModelForCausalLM.from_pretrained(real_gguf.parent, gguf_file=real_gguf.name, dtype=torch.float32)
-    model.hf_quantizer = None   # dequantized on load: saved as plain weights, not "quantized with gguf"
-    if hasattr(model.config, "quantization_config"):
-        delattr(model.config, "quantization_config")
-    model.save_pretrained(folder, safe_serialization=True)
-    AutoTokenizer.from_pretrained(real_gguf.parent, gguf_file=real_gguf.name).save_pretrained(folder)
-    return folder
+def real_folder(real_model_folder) -> Path:
+    """The real model as a Hugging Face folder (the session's one conversion of the GGUF)."""
+    return real_model_folder
 
 
 @pytest.fixture(scope="session")

@@ -34,18 +34,9 @@ def _messages(job_id: str) -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def real_model_dir(real_gguf, tmp_path_factory) -> Path:
-    """SmolLM2-135M-Instruct as a safetensors folder (dequantized from the GGUF once a session)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    out = tmp_path_factory.mktemp("smollm2")
-    AutoTokenizer.from_pretrained(str(real_gguf.parent), gguf_file=real_gguf.name).save_pretrained(out)
-    model = AutoModelForCausalLM.from_pretrained(str(real_gguf.parent), gguf_file=real_gguf.name)
-    model.hf_quantizer = None   # dequantized on load: saved as plain weights, not "quantized with gguf"
-    if hasattr(model.config, "quantization_config"):
-        delattr(model.config, "quantization_config")
-    model.save_pretrained(out, safe_serialization=True)
-    return out
+def real_model_dir(real_model_folder) -> Path:
+    """The real model as a Hugging Face folder (the session's one conversion of the GGUF)."""
+    return real_model_folder
 
 
 def test_a_base_model_without_a_template_trains_on_prompt_plus_completion(train, models_dir, home, tmp_path):
