@@ -62,6 +62,24 @@ def load_gguf(path: Path, head_dim: int | None = None):
     return model.eval(), AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
 
 
+def forced_agreement(model, tokenizer, want: list[list[int]], prompts=PROMPTS) -> float:
+    """Share of the reference answers' tokens that `model` also predicts first, fed the reference
+    prefix (teacher-forced): one near-tie flipped by quantization costs one token, not the rest of
+    the answer, as it does in a greedy comparison."""
+    import torch
+
+    agreed = total = 0
+    for prompt, answer in zip(prompts, want):
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                            tokenize=True, return_dict=True)["input_ids"]
+        with torch.no_grad():
+            logits = model(torch.tensor([ids + answer])).logits[0]
+        predicted = logits[len(ids) - 1:len(ids) - 1 + len(answer)].argmax(-1).tolist()
+        agreed += sum(int(a == b) for a, b in zip(predicted, answer))
+        total += len(answer)
+    return agreed / total
+
+
 def agreement(want: list[list[int]], got: list[list[int]]) -> float:
     """Share of prompts with identical greedy answers."""
     return sum(int(a == b) for a, b in zip(want, got)) / len(want)
