@@ -14,6 +14,8 @@ from tests.export.helpers import greedy_answers, load_gguf, load_peft, make_adap
 
 QWEN3, LLAMA = "tuneloop/tiny-qwen3", "tuneloop/tiny-llama"
 
+pytestmark = pytest.mark.slow   # model round trips: tens of seconds together (CI runs them in make test)
+
 
 @pytest.fixture(scope="session")
 def tiny_adapters(models_dir, tmp_path_factory) -> dict[str, tuple[Path, Path]]:
