@@ -5,21 +5,16 @@ generation markers (pad == eos == <|im_end|>). Spans themselves: tests/unit/test
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import DEMO_DATA, write_jsonl
+from tests.conftest import write_jsonl
+from tests.integration.test_sft_messages import CONVERSATIONS, SFT  # the same two-turn data
 
 pytestmark = pytest.mark.slow
 
-SFT = [json.loads(line) for line in (DEMO_DATA / "sft.jsonl").read_text().splitlines()]
-SYSTEM = {"role": "system", "content": "Answer with the city only."}
-CONVERSATIONS = [[SYSTEM, {"role": "user", "content": a["prompt"]}, {"role": "assistant", "content": a["completion"]},
-                  {"role": "user", "content": b["prompt"]}, {"role": "assistant", "content": b["completion"]}]
-                 for a, b in zip(SFT[0::2], SFT[1::2])]
 
 
 def _events(job_id: str, type: str | None = None) -> list[dict]:
