@@ -4,6 +4,7 @@ each against its documented behaviour. Pure and fast except the HTTP tests (a re
 from __future__ import annotations
 
 import json
+import threading
 
 import pytest
 
@@ -295,11 +296,17 @@ def test_judge_reward_caches_and_counts_unparseable():
 class _Handler(JsonHandler):
     mode = "plain"
     hits = 0
+    failed: set = set()          # flaky: the batches already refused once
+    lock = threading.Lock()      # batches may arrive at once: count and decide atomically
 
     def do_POST(self):
-        type(self).hits += 1
         items = self.read_json()
-        if self.mode == "flaky" and type(self).hits % 2 == 1:
+        batch = tuple(it["id"] for it in items)
+        with self.lock:
+            type(self).hits += 1
+            first = batch not in self.failed
+            self.failed.add(batch)
+        if self.mode == "flaky" and first:   # each batch's first try fails: a retry per batch
             self.send_response(503)
             self.end_headers()
             return
@@ -324,7 +331,7 @@ def endpoint():
 def test_http_endpoint(endpoint, mode):
     from tuneloop.rewards.http import HttpReward
 
-    _Handler.mode, _Handler.hits = mode, 0
+    _Handler.mode, _Handler.hits, _Handler.failed = mode, 0, set()
     fn = HttpReward(endpoint, batch_size=3, backoff_s=0.01)
     samples = [Sample(str(i), P, c, {"answer": "4"}) for i, c in enumerate(["4", "5", "4", "44", "4"])]
     scores = fn.score(samples)
