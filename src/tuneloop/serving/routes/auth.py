@@ -1,21 +1,75 @@
-"""The API key check of the /v1 routers: `Authorization: Bearer KEY` when the server has a key
-(`tuneloop serve --api-key`, in `app.state.api_key`), compared in constant time."""
+"""Who a /v1 request is: `Authorization: Bearer KEY`, checked against the server's admin key
+(`tuneloop serve --api-key`, in `app.state.api_key`) and the database's project keys (`tuneloop
+keys create`), which the edge hands the server as a `KeyCheck` (`app.state.keys`; this package
+never opens the store). Every comparison of a secret is constant-time.
+
+- the admin key → the server's project (`app.state.info["project"]`, else `default`);
+- a project key → its project;
+- no admin key and no key ever created → `default` (an open server, as before keys existed);
+- otherwise a missing, wrong or revoked key → 401 (AuthenticationError, an OpenAI error body).
+
+`request_project` is the FastAPI dependency the fine-tuning API's routers (api/) filter by;
+`require_api_key` guards the inference and admin routers with the same rule.
+"""
 
 from __future__ import annotations
 
 import hmac
+from typing import Protocol
 
 from fastapi import Request
 
 from tuneloop.errors import AuthenticationError
 
+DEFAULT_PROJECT = "default"
+
+
+class KeyCheck(Protocol):
+    """The database's API keys, as the server asks about them (service/keys.py implements it)."""
+
+    def project_of(self, token: str) -> str | None:
+        """The project of the active key `token`; None when it is no key, or a revoked one."""
+
+    def required(self) -> bool:
+        """Whether a key must be sent: True once any key was created (revoking all keys does not
+        reopen the server)."""
+
+
+def bearer_token(request: Request) -> str:
+    given = request.headers.get("authorization", "")
+    return given[7:].strip() if given[:7].lower() == "bearer " else ""
+
+
+def request_project(request: Request) -> str:
+    """The project the request's key belongs to (the rule above); raises AuthenticationError."""
+    cached = getattr(request.state, "project", None)
+    if cached is not None:
+        return cached
+    state = request.app.state
+    admin: str | None = getattr(state, "api_key", None)
+    keys: KeyCheck | None = getattr(state, "keys", None)
+    token = bearer_token(request)
+    project: str | None = None
+    if admin is not None and hmac.compare_digest(token.encode(), admin.encode()):
+        project = getattr(state, "info", {}).get("project") or DEFAULT_PROJECT
+    elif keys is not None and token:
+        project = keys.project_of(token)
+    if project is None:
+        if admin is None and (keys is None or not keys.required()):
+            project = DEFAULT_PROJECT
+        elif not token:
+            raise AuthenticationError(
+                "You didn't provide an API key.",
+                hint="Send it as `Authorization: Bearer KEY` (the openai client's api_key); "
+                     "`tuneloop keys create --project P` makes one.")
+        else:
+            raise AuthenticationError(
+                "Incorrect API key provided.",
+                hint="Send a key from `tuneloop keys create` (or the server's --api-key) as "
+                     "`Authorization: Bearer KEY`; `tuneloop keys list` shows which are revoked.")
+    request.state.project = project
+    return project
+
 
 def require_api_key(request: Request) -> None:
-    api_key = request.app.state.api_key
-    if api_key is None:
-        return
-    given = request.headers.get("authorization", "")
-    token = given[7:] if given.lower().startswith("bearer ") else ""
-    if not hmac.compare_digest(token.encode(), api_key.encode()):
-        raise AuthenticationError("Incorrect API key provided.",
-                                  hint="Send it as `Authorization: Bearer KEY` (the openai client's api_key).")
+    request_project(request)
