@@ -12,7 +12,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from tuneloop.errors import ConfigError
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 metadata = MetaData()
 
 
@@ -218,8 +218,26 @@ def _migrate_5(conn: Connection) -> None:
     metadata.create_all(conn, tables=[model_artifacts])
 
 
+# ---- API keys (version 6): `tuneloop keys create --project P`; only the key's sha256 is kept --------
+api_keys = Table(
+    "api_keys", metadata,
+    Column("id", String(32), primary_key=True),             # key_<hex>: what list and revoke name
+    Column("project", String(64), nullable=False, index=True),
+    Column("sha256", String(64), nullable=False, unique=True),  # of the key; the key itself is never stored
+    Column("redacted", String(16), nullable=False),          # sk-...abcd, to tell keys apart
+    Column("created_at", DateTime, nullable=False),
+    Column("last_used_at", DateTime),
+    Column("revoked_at", DateTime),
+)
+
+
+def _migrate_6(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[api_keys])
+
+
 # version N -> function upgrading a database at version N-1
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {2: _migrate_2, 3: _migrate_3, 4: _migrate_4, 5: _migrate_5}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {2: _migrate_2, 3: _migrate_3, 4: _migrate_4, 5: _migrate_5,
+                                                       6: _migrate_6}
 
 
 def make_engine(url: str) -> Engine:
