@@ -87,6 +87,13 @@ class AuthenticationError(TuneloopError):
     code = "invalid_api_key"
 
 
+class PermissionDeniedError(TuneloopError):
+    """A valid key asking for what its project may not do (another project's server admin calls)."""
+
+    http_status = 403
+    code = "permission_denied"
+
+
 class ConflictError(TuneloopError):
     """A name already in use (an adapter loaded twice, a second server for one project)."""
 

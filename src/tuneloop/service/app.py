@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # the services import the libraries they drive; load them whe
     from tuneloop.service.evaluators import EvaluatorService
     from tuneloop.service.jobs import JobService
     from tuneloop.service.deployments import DeploymentService
+    from tuneloop.service.keys import KeyService
 
 
 @dataclass
@@ -59,6 +60,13 @@ class Services:
         from tuneloop.service.evaluations import EvaluationService
 
         return EvaluationService(self.store, self.settings, self.jobs)
+
+    @cached_property
+    def keys(self) -> "KeyService":
+        """API keys per project (`tuneloop keys`), and the check the server is handed."""
+        from tuneloop.service.keys import KeyService
+
+        return KeyService(self.store, self.settings)
 
     def deployments(self, project: str, api_key: str | None = None) -> "DeploymentService":
         """A project's deployment state, `tuneloop serve`, and its server's admin calls."""

@@ -33,6 +33,7 @@ from tuneloop.serving.adapters import AdapterInfo, check_adapter, check_full_mod
 from tuneloop.serving.engine import choose_engine
 from tuneloop.serving.served import Source
 from tuneloop.serving.weights import WeightPolicy, allow
+from tuneloop.service.keys import KeyService
 from tuneloop.settings import Settings
 from tuneloop.store import Store
 from tuneloop.store.db import utcnow
@@ -282,6 +283,7 @@ class DeploymentService:
             self.store.upsert_deployment(self.project, base_model=name, base_path=path)
         weights = WeightPolicy.configured(self.settings, roots=model_roots, allow_remote=allow_remote_weights,
                                           allow_file=self.allow_file)
+        options.setdefault("keys", KeyService(self.store, self.settings))  # `tuneloop keys` are accepted too
         return run(self, name, path, self.deployed(), host=host, port=port, api_key=api_key, weights=weights,
                    engine_kind=kind, say=say, **options)
 
@@ -329,7 +331,8 @@ class DeploymentService:
     def headers(self, server: ServerInfo) -> dict[str, str]:
         if server.api_key_required and not self.api_key:
             raise AuthenticationError(f"The server at {server.url} requires an API key.",
-                                      hint="Pass --api-key KEY or set TUNELOOP_API_KEY.")
+                                      hint="Pass --api-key KEY or set TUNELOOP_API_KEY (the server's --api-key, or "
+                                           "a key of this project from `tuneloop keys create`).")
         return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
     def _post(self, server: ServerInfo, path: str, body: dict[str, Any], *, timeout: float = 120,

@@ -35,6 +35,7 @@ from tuneloop.serving.completions import DEFAULT_MAX_TOKENS, Completions
 from tuneloop.serving.engine import BaseModel, GeneratingEngine, choose_engine
 from tuneloop.serving.limits import BodyLimit, Limits
 from tuneloop.serving.routes import admin, health, openai
+from tuneloop.serving.routes.auth import KeyCheck
 from tuneloop.serving.served import Deployment, ServedModels
 from tuneloop.serving.vllm_engine import VLLMEngine
 from tuneloop.serving.weights import WeightPolicy
@@ -43,8 +44,10 @@ from tuneloop.serving.weights import WeightPolicy
 def create_app(engine: GeneratingEngine, *, deployment: Deployment | None = None,
                api_key: str | None = None, info: dict[str, Any] | None = None,
                default_max_tokens: int = DEFAULT_MAX_TOKENS, on_ready: Callable[[], None] | None = None,
-               limits: Limits = Limits(), weights: WeightPolicy | None = None) -> FastAPI:
-    """The app serving `engine`; with `deployment`, what the admin routes change is recorded."""
+               limits: Limits = Limits(), weights: WeightPolicy | None = None,
+               keys: KeyCheck | None = None) -> FastAPI:
+    """The app serving `engine`; with `deployment`, what the admin routes change is recorded; with
+    `keys`, the database's project keys are accepted besides `api_key` (routes/auth.py)."""
 
     @asynccontextmanager
     async def lifespan(_app):
@@ -58,6 +61,7 @@ def create_app(engine: GeneratingEngine, *, deployment: Deployment | None = None
     app.state.served = ServedModels(engine, deployment, weights)
     app.state.limits = limits
     app.state.api_key = api_key
+    app.state.keys = keys
     app.state.info = dict(info or {})
     app.state.created = int(time.time())
     for router in (health.router, openai.router, admin.router):
@@ -87,12 +91,14 @@ def port_free(host: str, port: int) -> bool:
 def run(deployment: Deployment, name: str, path: str, deployed: list[dict[str, Any]], *, host: str, port: int,
         api_key: str | None, weights: WeightPolicy, engine_kind: str = "auto", max_batch: int = 32,
         batch_window_ms: float = 10.0, default_max_tokens: int = DEFAULT_MAX_TOKENS, threads: int | None = None,
-        limits: Limits = Limits(), say: Callable[[str], None] = print) -> int:
+        limits: Limits = Limits(), keys: KeyCheck | None = None, say: Callable[[str], None] = print) -> int:
     """Serve base `name` (loaded from `path`) and the `deployed` records until interrupted, recording
     through `deployment`; returns the exit code."""
     kind = choose_engine(engine_kind)
     base = BaseModel(name, path)
     if kind == "vllm":
+        if keys is not None and keys.required():
+            say("⚠️  vLLM checks only --api-key: the keys from `tuneloop keys create` are not accepted by it.")
         return _serve_vllm(deployment, base, deployed, host, port, api_key, say)
 
     from tuneloop.serving.hf_engine import TransformersEngine  # torch and transformers load here
@@ -104,12 +110,14 @@ def run(deployment: Deployment, name: str, path: str, deployed: list[dict[str, A
         pid = os.getpid()
 
         def ready() -> None:
-            deployment.record_server(host, port, pid, "transformers", api_key is not None)
+            required = api_key is not None or (keys is not None and keys.required())
+            deployment.record_server(host, port, pid, "transformers", required)
             say(f"Serving {engine.base.name} and {len(engine.models()) - 1} more model(s) at http://{host}:{port}/v1 "
                 f"(OpenAI-compatible; pid {pid}). Ctrl-C stops.")
 
         app = create_app(engine, deployment=deployment, api_key=api_key, info=info,
-                         default_max_tokens=default_max_tokens, on_ready=ready, limits=limits, weights=weights)
+                         default_max_tokens=default_max_tokens, on_ready=ready, limits=limits, weights=weights,
+                         keys=keys)
         app.state.served.restore(deployed, say)
         return _run_uvicorn(app, deployment, host, port)
     finally:

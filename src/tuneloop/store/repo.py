@@ -18,6 +18,7 @@ from tuneloop.store.assets import DATASETS, EVALUATORS, VersionedAssets
 from tuneloop.store.db import config_state, events, jobs, model_package_groups, model_packages, utcnow
 from tuneloop.store.db import deployed_models, deployments
 from tuneloop.store.db import model_artifacts
+from tuneloop.store.keys import KeyStore
 
 ACTIVE_STATES = ("queued", "running")
 FINAL_STATES = ("completed", "failed", "cancelled")
@@ -28,6 +29,7 @@ class Store:
         self.engine = engine
         self.datasets = VersionedAssets(engine, DATASETS)        # name@vN, keyed by content sha256
         self.evaluators = VersionedAssets(engine, EVALUATORS)
+        self.keys = KeyStore(engine)                              # API keys (store/keys.py)
 
     # ---- jobs -------------------------------------------------------------------------------
     def insert_job(self, row: dict[str, Any]) -> bool:

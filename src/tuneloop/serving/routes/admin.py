@@ -14,11 +14,11 @@ from fastapi.responses import PlainTextResponse
 from starlette.concurrency import run_in_threadpool
 
 from tuneloop.serving import protocol as P
-from tuneloop.serving.routes.auth import require_api_key
+from tuneloop.serving.routes.auth import require_admin
 from tuneloop.serving.served import ServedModels
 
 log = logging.getLogger(__name__)
-router = APIRouter(dependencies=[Depends(require_api_key)])
+router = APIRouter(dependencies=[Depends(require_admin)])
 
 
 def _served(request: Request) -> ServedModels:

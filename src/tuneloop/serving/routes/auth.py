@@ -9,7 +9,8 @@ never opens the store). Every comparison of a secret is constant-time.
 - otherwise a missing, wrong or revoked key → 401 (AuthenticationError, an OpenAI error body).
 
 `request_project` is the FastAPI dependency the fine-tuning API's routers (api/) filter by;
-`require_api_key` guards the inference and admin routers with the same rule.
+`require_api_key` guards the inference routers with the same rule; `require_admin` the admin
+router (what the server serves): only the server's own project (its --api-key or one of its keys).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Protocol
 
 from fastapi import Request
 
-from tuneloop.errors import AuthenticationError
+from tuneloop.errors import AuthenticationError, PermissionDeniedError
 
 DEFAULT_PROJECT = "default"
 
@@ -73,3 +74,13 @@ def request_project(request: Request) -> str:
 
 def require_api_key(request: Request) -> None:
     request_project(request)
+
+
+def require_admin(request: Request) -> None:
+    project = request_project(request)
+    own = getattr(request.app.state, "info", {}).get("project") or DEFAULT_PROJECT
+    if project != own:
+        raise PermissionDeniedError(
+            f"A key of project {project!r} cannot change what this server of project {own!r} serves.",
+            hint="Use the server's --api-key, or a key of its project (`tuneloop keys create --project "
+                 f"{own}`).")
