@@ -12,7 +12,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from tuneloop.errors import ConfigError
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 metadata = MetaData()
 
 
@@ -235,9 +235,46 @@ def _migrate_6(conn: Connection) -> None:
     metadata.create_all(conn, tables=[api_keys])
 
 
+# ---- the OpenAI fine-tuning API (version 7): uploaded files and fine_tuning.job records -------------
+files = Table(
+    "files", metadata,
+    Column("id", String(40), primary_key=True),             # file-<hex>: what the API names
+    Column("project", String(64), nullable=False, index=True),
+    Column("filename", Text, nullable=False),                # as uploaded
+    Column("purpose", String(32), nullable=False),           # fine-tune
+    Column("bytes", Integer, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("lines", Integer),                                # JSON lines checked at upload
+    Column("path", Text, nullable=False),                    # under TUNELOOP_HOME/files/<project>/
+    Column("created_at", DateTime, nullable=False),
+)
+
+fine_tuning_jobs = Table(
+    "fine_tuning_jobs", metadata,
+    Column("id", String(64), primary_key=True),              # ftjob-<hex>; the tuneloop job has the same id
+    Column("project", String(64), nullable=False, index=True),
+    Column("status", String(24), nullable=False),            # validating_files | submitted | failed | cancelled
+    Column("model", Text, nullable=False),                   # as requested
+    Column("training_file", String(40), nullable=False),
+    Column("validation_file", String(40)),
+    Column("method", JSON, nullable=False),                  # {type, <type>: {hyperparameters}} as requested
+    Column("suffix", String(64)),
+    Column("seed", Integer),
+    Column("metadata", JSON),
+    Column("fine_tuned_model", Text),                        # ft:BASE:ORG:SUFFIX:ID (served once succeeded)
+    Column("error", JSON),                                   # {code, message, param} of a validation failure
+    Column("created_at", DateTime, nullable=False),
+    Column("finished_at", DateTime),                         # of a job that never reached the runner
+)
+
+
+def _migrate_7(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[files, fine_tuning_jobs])
+
+
 # version N -> function upgrading a database at version N-1
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {2: _migrate_2, 3: _migrate_3, 4: _migrate_4, 5: _migrate_5,
-                                                       6: _migrate_6}
+                                                       6: _migrate_6, 7: _migrate_7}
 
 
 def make_engine(url: str) -> Engine:
