@@ -44,14 +44,32 @@ def test_gpu_layout_and_memory():
 
 
 def test_lengths_come_from_the_data_unless_given():
-    p = plan(data=DataStats(96, 20.0, 30, reference_tokens=3))
+    p = plan(data=DataStats(96, 20.0, 30, reference_tokens=3, prompt_tokens=30))
     assert p.max_prompt_length == 30 and p.max_response_length == 4 * 3 + 16
     assert any("4 x the longest reference answer" in n for n in p.notes)
     assert p.max_length == 30 + 28
     given = plan(data=DataStats(96, 20.0, 30, reference_tokens=3), max_response_length=64)
     assert given.max_response_length == 64
-    assert plan(data=DataStats(96, 20.0, 500)).max_prompt_length == 128  # capped by max_prompt_length
+    assert plan(data=DataStats(96, 20.0, 500, prompt_tokens=500), max_prompt_length=128).max_prompt_length == 128
     assert plan().max_response_length == 128  # no references: the default
+
+
+def test_the_prompt_length_never_cuts_a_prompt_that_fits_the_context():
+    # measured prompts (rendered through the template) set the length, whatever the estimate says
+    assert plan(data=DataStats(96, 20.0, 18, prompt_tokens=37)).max_prompt_length == 37
+    # not measured (no tokenizer here): the estimate with room for a template, and said
+    unmeasured = plan(data=DataStats(96, 20.0, 18))
+    assert unmeasured.max_prompt_length == 18 + 64
+    assert any("without the model's tokenizer" in n for n in unmeasured.notes)
+    # longer than the default but within the context: raised, and said
+    long_prompts = DataStats(96, 20.0, 18, prompt_tokens=500)
+    long = plan(shape=ModelShape(1_312_128, 4, 128, 4096, 4, context=2048), data=long_prompts)
+    assert long.max_prompt_length == 500 and any("so no prompt is cut" in n for n in long.notes)
+    # longer than the context leaves for the response: cut to what it leaves, and said
+    tight = plan(shape=ModelShape(1_312_128, 4, 128, 4096, 4, context=512), data=long_prompts)
+    assert tight.max_prompt_length == 512 - 128 and any("cut from the front" in n for n in tight.notes)
+    # the user's own cut stands
+    assert plan(data=long_prompts, max_prompt_length=64).max_prompt_length == 64
 
 
 def test_kl_clip_temperature_and_threads():

@@ -8,9 +8,12 @@ trainer will see (`tuneloop datasets stage`, `datasets show`).
 
 The planner's `token_stats` is a faster estimate for sizing a job (batch layout, max length, RL
 completion length): texts joined without the template plus a fixed overhead for its markers. The
-two are kept apart on purpose: changing the planner's numbers would change every plan. Training
-and evaluation measure with the loaded transformers tokenizer instead (cutting RL prompts to
-max_prompt_length, sizing greedy answers), where the exact ids are what matter.
+two are kept apart on purpose: changing the planner's numbers would change every plan. One
+exception: an RL job's longest prompt (`DataStats.prompt_tokens`) is measured exactly, rendered
+through the chat template with the generation prompt as the GRPO recipe renders it, because the
+plan's max_prompt_length cuts prompts (a template's default system prompt alone is ~30 tokens for
+SmolLM2). Training and evaluation measure with the loaded transformers tokenizer (cutting RL
+prompts to max_prompt_length, sizing greedy answers), where the exact ids are what matter.
 
     stats = token_lengths(Path("staged.jsonl"), "sft", Path("~/.tuneloop/models/tuneloop--tiny-qwen3"), 512)
     stats["over_max"], stats["p90"]
@@ -22,6 +25,7 @@ from __future__ import annotations
 import json
 import re
 from array import array
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
@@ -45,19 +49,35 @@ def _conversations(row: dict[str, Any], technique: str) -> list[tuple[list[dict[
     return [([user, {"role": "assistant", "content": row["completion"]}], False)]
 
 
-def _renderer(folder: Path) -> Callable[[list[dict[str, str]], bool], str] | None:
+def _special(value: Any) -> str:
+    """A tokenizer_config.json special token: a string or an AddedToken dict."""
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) else ""
+
+
+def _template(folder: Path) -> tuple[str | None, dict[str, Any]]:
+    """The folder's chat template text (None: it has none) and its tokenizer_config.json."""
     config = folder / "tokenizer_config.json"
-    template = None
+    template, settings = None, {}
     if config.is_file():
         try:
-            template = json.loads(config.read_text()).get("chat_template")
+            settings = json.loads(config.read_text())
+            template = settings.get("chat_template")
         except (OSError, ValueError):
-            template = None
+            template, settings = None, {}
     if template is None and (folder / "chat_template.jinja").is_file():
         template = (folder / "chat_template.jinja").read_text()
     if isinstance(template, list):  # [{"name": "default", "template": ...}, ...]
         template = next((t.get("template") for t in template if t.get("name") == "default"), None)
-    if not isinstance(template, str):
+    return (template if isinstance(template, str) else None), settings
+
+
+def _renderer(folder: Path) -> Callable[[list[dict[str, str]], bool], str] | None:
+    """The folder's chat template as transformers renders it (its bos/eos strings, today's date),
+    or None when there is none or it does not compile."""
+    template, settings = _template(folder)
+    if template is None:
         return None
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -68,15 +88,16 @@ def _renderer(folder: Path) -> Callable[[list[dict[str, str]], bool], str] | Non
 
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
     env.filters["tojson"] = lambda x, **kw: json.dumps(x, ensure_ascii=False)
-    env.globals.update(raise_exception=raise_exception, strftime_now=lambda fmt: "")
+    env.globals.update(raise_exception=raise_exception, strftime_now=lambda fmt: datetime.now().strftime(fmt))
     try:
         compiled = env.from_string(source)
     except Exception:
         return None
+    bos, eos = _special(settings.get("bos_token")), _special(settings.get("eos_token"))
 
     def render(messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
         return compiled.render(messages=messages, add_generation_prompt=add_generation_prompt,
-                               bos_token="", eos_token="")
+                               bos_token=bos, eos_token=eos)
     return render
 
 
@@ -154,7 +175,8 @@ def token_stats(path: Path, technique: str, model_folder: Path | None) -> DataSt
     longest reference answer, with the model's tokenizer (tokenizers only, no torch); about 4
     characters a token when the tokenizer is not on this machine. A fast estimate: the texts are
     joined without the chat template and a fixed overhead stands for its markers, unlike
-    `token_lengths`, which renders every row the way the trainer will."""
+    `token_lengths`, which renders every row the way the trainer will. RL's longest prompt is
+    exact (`rl_prompt_tokens`)."""
     tok = None
     if model_folder is not None and (model_folder / "tokenizer.json").is_file():
         from tokenizers import Tokenizer
@@ -162,8 +184,10 @@ def token_stats(path: Path, technique: str, model_folder: Path | None) -> DataSt
         tok = Tokenizer.from_file(str(model_folder / "tokenizer.json"))
     texts: list[str] = []
     references: list[str] = []       # RL: reference answers bound the planned completion length
+    prompts: list[list[dict[str, str]]] = []
     for row in iter_rows(path):
         if technique in RL_TECHNIQUES:
+            prompts.append(row["prompt"])
             ref = next((row[c] for c in REFERENCE_COLUMNS
                         if isinstance(row.get(c), (str, int, float)) and not isinstance(row.get(c), bool)), None)
             if ref is not None:
@@ -184,4 +208,24 @@ def token_stats(path: Path, technique: str, model_folder: Path | None) -> DataSt
         lengths = [len(t) // 4 + overhead for t in texts]
         ref_lengths = [len(t) // 4 + 1 for t in references]
     return DataStats(rows=len(lengths), mean_tokens=sum(lengths) / max(1, len(lengths)), max_tokens=max(lengths),
-                     reference_tokens=max(ref_lengths) if ref_lengths and len(ref_lengths) == len(lengths) else None)
+                     reference_tokens=max(ref_lengths) if ref_lengths and len(ref_lengths) == len(lengths) else None,
+                     prompt_tokens=rl_prompt_tokens(prompts, tok, model_folder) if prompts and tok else None)
+
+
+def rl_prompt_tokens(prompts: list[list[dict[str, str]]], tok, folder: Path) -> int | None:
+    """The longest of `prompts` (message lists) in tokens, rendered the way the GRPO recipe renders
+    them: through the folder's chat template with the generation prompt (whatever the template adds,
+    a default system prompt included), or, for a model without one, the contents joined by
+    newlines. None when the template fails to render here (the plan then does not cut by it)."""
+    render = _renderer(folder)
+    if render is None and _template(folder)[0] is not None:
+        return None  # a template this renderer cannot compile
+    longest = 0
+    for start in range(0, len(prompts), BATCH):
+        try:
+            texts = [render(m, True) if render else "\n".join(x["content"] for x in m)
+                     for m in prompts[start:start + BATCH]]
+        except Exception:  # noqa: BLE001 - a template may raise anything; transformers' may still render it
+            return None
+        longest = max([longest] + [len(e.ids) for e in tok.encode_batch(texts, add_special_tokens=False)])
+    return longest

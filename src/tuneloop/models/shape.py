@@ -48,5 +48,5 @@ def model_shape(folder: Path | None, parameters: int, gguf: str | Path | None = 
     if gguf is not None:
         info = gguf_info(gguf)
         return ModelShape(parameters=info.parameters, layers=info.layers, hidden=info.hidden, vocab=info.vocab,
-                          heads=info.heads)
+                          heads=info.heads, context=info.context_length)
     return shape_from_parameters(parameters)

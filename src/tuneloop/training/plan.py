@@ -47,6 +47,7 @@ class ModelShape:
     hidden: int
     vocab: int
     heads: int = 0
+    context: int = 0         # max_position_embeddings (0: unknown); RL prompts must fit it with their response
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,9 @@ class DataStats:
     mean_tokens: float
     max_tokens: int
     reference_tokens: int | None = None   # RL: the longest reference answer (answer, ground_truth...) if any
+    # RL: the longest prompt as the recipe renders it (chat template with the generation prompt), exactly;
+    # None when it could not be measured (no tokenizer on this machine)
+    prompt_tokens: int | None = None
 
 
 CPU_TOKENS_PER_MICROBATCH = 512   # see bench/RESULTS.md: same speed, a fraction of the memory of 8 x max_len
@@ -168,7 +172,8 @@ def shape_from_config(config: dict[str, Any], parameters: int) -> ModelShape:
     text = config.get("text_config", config)
     return ModelShape(parameters=parameters, layers=int(text.get("num_hidden_layers", 0) or 0),
                       hidden=int(text.get("hidden_size", 0) or 0), vocab=int(text.get("vocab_size", 0) or 0),
-                      heads=int(text.get("num_attention_heads", 0) or 0))
+                      heads=int(text.get("num_attention_heads", 0) or 0),
+                      context=int(text.get("max_position_embeddings", 0) or 0))
 
 
 def shape_from_parameters(parameters: int) -> ModelShape:
@@ -336,12 +341,45 @@ def too_large(needed_gb: float, budget_gb: float, hw: Hardware, shape: ModelShap
 # ---- RL (GRPO) ---------------------------------------------------------------------------------------
 
 
+UNMEASURED_PROMPT_ALLOWANCE = 64   # tokens a chat template may add (SmolLM2's default system prompt: ~30)
+
+
+def rl_prompt_length(cap: int, given: bool, longest: int | None, estimate: int, context: int, response_len: int,
+                     notes: list[str]) -> int:
+    """max_prompt_length for GRPO. `longest` is the longest prompt as the recipe renders it (its chat
+    template, the generation prompt and, for SmolLM2 and others, the default system prompt the
+    template adds): the plan uses exactly that, so no prompt is cut. A `cap` the user gave cuts
+    longer prompts (asked for); the catalog's or generic default never does while the prompt fits
+    the model's context with room for the response (`context` - `response_len`). Not measured
+    (`longest` None: no tokenizer.json here, as in a dry run of a GGUF file not converted yet):
+    `estimate` (texts without the template) plus UNMEASURED_PROMPT_ALLOWANCE for what a template adds,
+    and the plan says so; a job whose tokenizer is here is always measured."""
+    if longest is None:
+        planned = min(cap, max(8, estimate) + UNMEASURED_PROMPT_ALLOWANCE)
+        if planned < cap:
+            notes.append(f"max_prompt_length {planned}: estimated without the model's tokenizer (the job measures "
+                         "its prompts through the chat template)")
+        return planned
+    longest = max(8, longest)
+    if given or longest <= cap:
+        return min(cap, longest)
+    room = context - response_len if context else longest
+    planned = max(cap, min(longest, room))
+    if planned < longest:
+        notes.append(f"max_prompt_length {planned}: the model's context ({context}) less the response "
+                     f"({response_len}); the longest prompt has {longest} tokens and is cut from the front")
+    else:
+        notes.append(f"max_prompt_length {planned}: the longest prompt as the chat template renders it, over "
+                     f"the default {cap} so no prompt is cut (set --max-prompt-length to cut prompts)")
+    return planned
+
+
 def make_rl_plan(*, technique: str, training_type: str, shape: ModelShape, data: DataStats, hw: Hardware,
                  hp: dict[str, Any], given: set[str] | None = None) -> Plan:
     """GRPO's layout. A step samples `num_generations` completions for each of global_batch /
     num_generations prompts; the per-device batch counts completions and holds whole groups (a
-    multiple of num_generations), so each group's rewards are normalised together. Prompts are cut
-    to the longest staged prompt when that is shorter than max_prompt_length; completions to four
+    multiple of num_generations), so each group's rewards are normalised together. The prompt length
+    is the longest prompt as the recipe renders it (`rl_prompt_length`); completions are cut to four
     times the longest reference answer plus 16 tokens when the rows carry reference answers and
     max_response_length was not given (room to answer, not to ramble). On a CPU the
     micro-batch follows the token budget (never below one group); on a GPU it is as large as the
@@ -351,7 +389,6 @@ def make_rl_plan(*, technique: str, training_type: str, shape: ModelShape, data:
     lora = training_type == "lora"
     notes: list[str] = []
     gens = int(hp["num_generations"])
-    prompt_len = min(int(hp["max_prompt_length"]), max(8, data.max_tokens))
     response_len = int(hp["max_response_length"])
     if data.reference_tokens and "max_response_length" not in (given or set()):
         planned = min(response_len, 4 * data.reference_tokens + 16)
@@ -359,6 +396,8 @@ def make_rl_plan(*, technique: str, training_type: str, shape: ModelShape, data:
             notes.append(f"max_response_length {planned}: 4 x the longest reference answer "
                          f"({data.reference_tokens} tokens) + 16 (set --max-response-length to change it)")
         response_len = planned
+    prompt_len = rl_prompt_length(int(hp["max_prompt_length"]), "max_prompt_length" in (given or set()),
+                                  data.prompt_tokens, data.max_tokens, shape.context, response_len, notes)
     seq = prompt_len + response_len
     epochs = int(hp["max_epochs"])
     kl = float(hp["kl_loss_coef"])
