@@ -13,6 +13,7 @@ from tuneloop.cli import datasets
 from tuneloop.cli import evaluate, evaluators
 from tuneloop.cli import deploy, serve
 from tuneloop.cli import export
+from tuneloop.cli import keys
 
 app = typer.Typer(name="tuneloop", help="Self-hosted model customization: tune -> adapter -> deploy -> test.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -35,6 +36,7 @@ app.command("remove-ic")(deploy.remove_ic)
 app.command("deploy")(deploy.deploy)
 app.command("deployment")(deploy.deployment)
 app.command("export")(export.export)
+app.add_typer(keys.app, name="keys")
 
 
 @app.command("demo")
