@@ -264,6 +264,13 @@ class RewardContext:
         fn.name = f"{row['name']}@v{row['version']}"
         return fn
 
+    def grader(self, spec: dict[str, Any], label: str | None = None) -> RewardFunction:
+        """An OpenAI grader (parsed JSON) on this context's sandbox and judges, not cached (the
+        graders API runs one per request). Raises GraderConfigError for JSON that is no grader."""
+        from tuneloop.rewards import graders
+
+        return graders.GraderReward(spec, self.sandbox, self._grader_judge, label=label)
+
     def close(self) -> None:
         with self._lock:
             for fn in self._functions.values():
