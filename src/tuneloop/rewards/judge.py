@@ -165,6 +165,7 @@ class LocalJudge(Judge):
     """A model in this process, greedy, batched (left padding), through its chat template."""
 
     def __init__(self, ref: str, models_dir=None, *, batch_size: int = 16, max_tokens: int = 16):
+        check_local_model(ref, models_dir)   # a missing model fails when the reward is resolved, not at step 1
         self.ref, self.name = ref, ref
         self.models_dir = models_dir
         self.batch_size, self.max_tokens = batch_size, max_tokens
@@ -214,7 +215,8 @@ class LocalJudge(Judge):
 
 def resolve_local_model(ref: str, models_dir=None) -> tuple[str, str | None]:
     """(base model folder or Hub id, adapter folder or None) of a local judge (tuneloop.models.resolve);
-    a reference that names no model is a ValueError, the reward's configuration error."""
+    a reference that names no model is a ValueError, the reward's configuration error, carrying the
+    resolver's fix (`hf download ID` for a Hub id not in the local cache)."""
     from tuneloop.errors import TuneloopError
     from tuneloop.models.resolve import resolve
 
@@ -222,7 +224,29 @@ def resolve_local_model(ref: str, models_dir=None) -> tuple[str, str | None]:
         model = resolve(ref, use="judge", models_dir=models_dir)
         return model.load_path(), model.adapter
     except TuneloopError as e:
-        raise ValueError(e.message) from None
+        raise _config_error(e) from None
+
+
+def check_local_model(ref: str, models_dir=None) -> None:
+    """That a local judge's model is on this machine (a Hub id in the local cache), without
+    building a built-in or converting a GGUF file; ValueError as resolve_local_model."""
+    from tuneloop.errors import TuneloopError
+    from tuneloop.models.resolve import resolve
+
+    try:
+        model = resolve(ref, use="judge", models_dir=models_dir)
+        if not model.builtin and model.gguf is None:
+            model.load_path()   # folders as they are; a Hub id: its cached snapshot or the `hf download` error
+    except TuneloopError as e:
+        raise _config_error(e) from None
+
+
+def _config_error(e) -> ValueError:
+    """A resolver's TuneloopError as the reward's configuration error: its message and its fix."""
+    message = e.message.rstrip()
+    if e.hint:
+        message += ("" if message.endswith((".", "!", "?")) else ".") + " " + e.hint
+    return ValueError(message)
 
 
 def make_judge(ref: str, models_dir=None) -> Judge:
