@@ -1,0 +1,158 @@
+"""API keys end to end: keys made with `tuneloop keys create`, a live `tuneloop serve --api-key`
+(the built-in tiny model, a free port), driven only by the official `openai` client: each project's
+key works, a second project's key sees none of the first's files or jobs (404), a missing, wrong or
+revoked key is a 401 in OpenAI's error body, the admin key still works, another project's key may
+not change what the server serves (403), and the graders API answers through the same keys."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+openai = pytest.importorskip("openai")
+
+from tests.conftest import REPO, cli  # noqa: E402
+
+ADMIN = "sk-tuneloop-admin-e2e"
+BASE = "tuneloop/tiny-qwen3"
+ROW = {"messages": [{"role": "user", "content": "Capital of France?"}, {"role": "assistant", "content": "Paris."}]}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _key(env: dict, project: str) -> tuple[str, str]:
+    r = cli("keys", "create", "--project", project, "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    return out["id"], out["key"]
+
+
+@pytest.fixture(scope="module")
+def srv(models_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("keys")
+    env = {**os.environ, "TUNELOOP_HOME": str(root / "home"), "TUNELOOP_MODELS_DIR": str(models_dir)}
+    keys = {p: _key(env, p) for p in ("team-a", "team-b", "team-c", "default")}
+    port = _free_port()
+    log = open(root / "serve.log", "ab")
+    proc = subprocess.Popen([sys.executable, "-m", "tuneloop", "serve", "--port", str(port), "--api-key", ADMIN,
+                             "--model", BASE], stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while True:
+        assert proc.poll() is None, (root / "serve.log").read_text()
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, (root / "serve.log").read_text()
+        time.sleep(0.5)
+
+    def client(key):
+        return openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0, timeout=120)
+
+    yield {"env": env, "keys": keys, "client": client, "url": url}
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def test_each_key_works_and_missing_wrong_or_revoked_keys_get_401(srv):
+    keys, client = srv["keys"], srv["client"]
+    for key in (ADMIN, keys["team-a"][1], keys["team-b"][1]):
+        assert BASE in [m.id for m in client(key).models.list()]
+    r = client(keys["team-a"][1]).chat.completions.create(
+        model=BASE, messages=[{"role": "user", "content": "hi"}], max_tokens=2, temperature=0)
+    assert r.choices[0].message.content is not None
+    for bad in ("sk-tl-wrong", keys["team-a"][1] + "x", ADMIN[:-1]):
+        with pytest.raises(openai.AuthenticationError) as e:
+            client(bad).models.list()
+        assert set(e.value.body) == {"message", "type", "param", "code"}
+        assert e.value.body["code"] == "invalid_api_key" and "Incorrect API key" in e.value.body["message"]
+    r = httpx.get(srv["url"] + "/v1/models")
+    assert r.status_code == 401 and "didn't provide an API key" in r.json()["error"]["message"]
+
+    c_id, c_key = keys["team-c"]
+    client(c_key).models.list()
+    revoked = cli("keys", "revoke", c_id, env=srv["env"])
+    assert revoked.returncode == 0 and "Revoked" in revoked.stdout, revoked.stderr
+    with pytest.raises(openai.AuthenticationError):
+        client(c_key).models.list()   # the running server sees the revoke at once
+    listed = {k["id"]: k for k in json.loads(cli("keys", "list", "--json", env=srv["env"]).stdout)}
+    assert listed[c_id]["revoked_at"] and listed[keys["team-a"][0]]["last_used_at"]
+    assert listed[keys["team-b"][0]]["revoked_at"] is None
+    assert not any(k[1] in json.dumps(listed) for k in keys.values())   # the list never holds a key
+
+
+def test_admin_routes_take_only_the_servers_project(srv):
+    body = {"lora_name": "nope", "lora_path": "/nowhere"}
+    r = httpx.post(srv["url"] + "/v1/unload_lora_adapter", json=body,
+                   headers={"Authorization": f"Bearer {srv['keys']['team-a'][1]}"})
+    assert r.status_code == 403 and r.json()["error"]["code"] == "permission_denied", r.text
+    for key in (ADMIN, srv["keys"]["default"][1]):   # the server's project: past the key check
+        r = httpx.post(srv["url"] + "/v1/unload_lora_adapter", json=body, headers={"Authorization": f"Bearer {key}"})
+        assert r.status_code == 404, r.text
+
+
+def test_a_second_project_sees_none_of_the_firsts_files_or_jobs(srv, tmp_path):
+    a, b = srv["client"](srv["keys"]["team-a"][1]), srv["client"](srv["keys"]["team-b"][1])
+    if httpx.get(srv["url"] + "/v1/files", headers={"Authorization": f"Bearer {ADMIN}"}).status_code == 404:
+        pytest.skip("the fine-tuning API is not mounted by this server")
+    train = tmp_path / "train.jsonl"
+    train.write_text("\n".join(json.dumps(ROW) for _ in range(4)) + "\n")
+    with open(train, "rb") as fh:
+        f = a.files.create(file=fh, purpose="fine-tune")
+    assert f.id in [x.id for x in a.files.list()]
+    assert f.id not in [x.id for x in b.files.list()]
+    with pytest.raises(openai.NotFoundError):
+        b.files.retrieve(f.id)
+    with pytest.raises(openai.NotFoundError):
+        b.files.content(f.id)
+    with pytest.raises(openai.NotFoundError):
+        b.files.delete(f.id)
+    admin = srv["client"](ADMIN)
+    assert f.id not in [x.id for x in admin.files.list()]   # the admin key is the server's project's
+    job = a.fine_tuning.jobs.create(model=BASE, training_file=f.id, suffix="keys",
+                                    method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1}}})
+    try:
+        assert job.id not in [j.id for j in b.fine_tuning.jobs.list()]
+        for call in (b.fine_tuning.jobs.retrieve, b.fine_tuning.jobs.cancel, b.fine_tuning.jobs.list_events):
+            with pytest.raises(openai.NotFoundError):
+                call(job.id)
+        with pytest.raises(openai.NotFoundError):   # b cannot train on a's file either
+            b.fine_tuning.jobs.create(model=BASE, training_file=f.id)
+        assert a.fine_tuning.jobs.retrieve(job.id).id == job.id
+    finally:
+        a.fine_tuning.jobs.cancel(job.id)
+
+
+def test_graders_through_the_served_api(srv):
+    client = srv["client"](srv["keys"]["team-a"][1])
+    grader = {"type": "string_check", "name": "eq", "input": "{{ sample.output_text }}",
+              "reference": "{{ item.answer }}", "operation": "eq"}
+    try:
+        v = client.fine_tuning.alpha.graders.validate(grader=grader)
+    except openai.NotFoundError:
+        pytest.skip("the graders API is not mounted by this server")
+    assert v.grader.type == "string_check"
+    r = client.fine_tuning.alpha.graders.run(grader=grader, model_sample="Paris", item={"answer": "Paris"})
+    assert r.reward == 1.0 and r.metadata.name == "eq"
+    py = {"type": "python", "source": "def grade(sample, item):\n    return len(sample['output_text']) / 10\n"}
+    assert client.fine_tuning.alpha.graders.run(grader=py, model_sample="12345").reward == pytest.approx(0.5)
+    with pytest.raises(openai.AuthenticationError):
+        srv["client"]("sk-tl-wrong").fine_tuning.alpha.graders.run(grader=grader, model_sample="x")
