@@ -57,6 +57,7 @@ def test_a_template_that_adds_a_system_prompt_is_counted(home, models_dir, tmp_p
     assert cut == 0
 
 
+@pytest.mark.slow   # the session's conversion of the real model when no other test has made it
 def test_the_real_models_prompts_are_not_cut(home, real_model_folder, tmp_path):
     """SmolLM2-135M-Instruct: short questions were planned at 18 tokens, but its template's default
     system prompt alone is ~30, so every prompt was cut."""
