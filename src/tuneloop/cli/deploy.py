@@ -91,7 +91,8 @@ def adapter_remove(name: str = typer.Argument(...), project: Optional[str] = PRO
 def add_ic(name: str = typer.Argument(..., help="Name clients send as `model`."),
            ref: Optional[str] = typer.Argument(None, metavar="[T|T-SLUG]", help="With --from-tune: which output."),
            from_tune: bool = FROM_TUNE,
-           model_data: Optional[str] = typer.Option(None, "--model-data", help="Full model folder, .tar.gz or URL."),
+           model_data: Optional[str] = typer.Option(None, "--model-data",
+                                                    help="Full model folder, GGUF file, .tar.gz or URL."),
            project: Optional[str] = PROJECT, api_key: Optional[str] = API_KEY,
            as_json: bool = typer.Option(False, "--json")) -> None:
     """Serve a full model (a full-rank tune output) as its own inference component."""

@@ -31,7 +31,8 @@ nothing here opens it. Without lookups they are not references.
          defaults; an unknown name gets the catalog's "not yet supported" error
   eval   any model or adapter folder; an adapter's base may be a Hub id
   judge  like eval (rewards.judge turns the errors into ValueError, a reward's config error)
-  serve  folders are taken as they are: the server checks them itself (serving.adapters)
+  serve  folders are taken as they are: the server checks them itself (serving.adapters);
+         `served_folder` turns a GGUF file an inference component or a request names into its folder
 """
 
 from __future__ import annotations
@@ -153,6 +154,22 @@ def resolve(ref: str | None, *, use: str = "tune", technique: str | None = None,
     if hub.looks_like_repo_id(ref):
         hint = f"If it is a Hugging Face model, {hub.download_hint(ref, 'download')}" + (f"\n{hint}" if hint else "")
     raise ValidationError(message.format(ref=ref), hint=hint, param="model")
+
+
+def served_folder(path: str | Path, models_dir: Path | None = None, param: str = "model_path") -> Path:
+    """The folder to serve a full model from, for a path the caller has already allowed (the server's
+    weight policy, the operator's CLI): a folder as it is; a GGUF file converted once into the
+    resolver's cached folder (<models_dir>/gguf/<sha256>/, the one `tuneloop serve --model X.gguf`
+    and training use), so an inference component or a swapped base can be a GGUF file too. Any
+    other file is the resolver's refusal, under `param`."""
+    path = Path(path)
+    if not path.is_file():
+        return path
+    try:
+        return Path(resolve(str(path), use="serve", models_dir=models_dir).load_path())
+    except ValidationError as e:
+        e.param = param
+        raise
 
 
 _UNKNOWN = {  # use -> (message, hint) when a reference names nothing; tune: the catalog's error

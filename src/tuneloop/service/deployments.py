@@ -26,7 +26,7 @@ import httpx
 from tuneloop.catalog import load_catalog
 from tuneloop.errors import AuthenticationError, ConflictError, NotFoundError, ServerError, ValidationError
 from tuneloop.models.hub import cached_folder
-from tuneloop.models.resolve import resolve
+from tuneloop.models.resolve import resolve, served_folder
 from tuneloop.processes import pid_alive
 from tuneloop.registry import resolve_from_tune
 from tuneloop.serving.adapters import AdapterInfo, check_adapter, check_full_model, localize
@@ -128,12 +128,16 @@ class DeploymentService:
 
     # ---- sources ----------------------------------------------------------------------------
     def resolve_source(self, kind: str, *, from_tune: bool, ref: str | None, path: str | None) -> Source:
-        """The folder for `--from-tune [REF]` or `--weights/--model-data PATH`, with lineage."""
+        """The folder for `--from-tune [REF]` or `--weights/--model-data PATH`, with lineage. A full
+        model (`ic`) may be a GGUF file: converted once by the resolver into its cached folder."""
         flag = "--weights" if kind == "adapter" else "--model-data"
         if from_tune == bool(path):
             raise ValidationError(f"Pass exactly one of --from-tune [T|T-SLUG] and {flag} PATH.", param="source")
         if path:
-            return self.source(path)
+            src = self.source(path)
+            if kind == "ic":
+                src.path = served_folder(src.path, self.settings.models_dir, param="model_data")
+            return src
         out, output_type = resolve_from_tune(self.store, self.project, ref)
         label = f"--from-tune {ref}" if ref else "--from-tune"
         if kind == "adapter" and output_type != "adapter":

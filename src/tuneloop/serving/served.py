@@ -8,7 +8,8 @@ change through its `Deployment` (the deployment service, service/deployments.py,
     served.restore(deployment.deployed(), say=print)                 # at start: what is recorded
 
 A path a request names must pass the weight policy (weights.py: under a model root, URLs only
-when allowed) before anything is read. These methods block (reading folders, fetching URLs,
+when allowed) before anything is read; a `model_path` may be a GGUF file, converted once by the
+resolver into its cached folder. These methods block (reading folders, fetching URLs,
 loading weights): the admin routes run them in a worker thread.
 """
 
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from tuneloop.errors import TuneloopError
+from tuneloop.models.resolve import served_folder
 from tuneloop.serving.adapters import check_adapter, check_full_model
 from tuneloop.serving.engine import BaseModel, Engine
 from tuneloop.serving.weights import WeightPolicy
@@ -91,9 +93,17 @@ class ServedModels:
         self.engine.unload_adapter(name)
         self._forget(name, "adapter")
 
-    def add_model(self, name: str, path: str) -> str:
-        """Check, load and record a full model as an inference component; returns its folder."""
+    def _model_source(self, path: str) -> Source:
+        """A request's `model_path`: allowed by the weight policy first, then, a GGUF file, converted once
+        into the resolver's cached folder (models.resolve.served_folder), which is what is loaded and recorded."""
         src = self._source(path, "model_path")
+        src.path = served_folder(src.path)
+        return src
+
+    def add_model(self, name: str, path: str) -> str:
+        """Check, load and record a full model (a folder or a GGUF file) as an inference component;
+        returns its folder."""
+        src = self._model_source(path)
         check_full_model(src.path)
         self.engine.add_model(name, str(src.path))
         if self.deployment:
@@ -105,8 +115,9 @@ class ServedModels:
         self._forget(name, "ic")
 
     def replace_base(self, name: str, path: str) -> tuple[str, list[str]]:
-        """Swap the base; returns its folder and the adapters that no longer fit (unloaded)."""
-        src = self._source(path, "model_path")
+        """Swap the base (a folder or a GGUF file); returns its folder and the adapters that no longer
+        fit (unloaded)."""
+        src = self._model_source(path)
         check_full_model(src.path)
         dropped = self.engine.replace_base(BaseModel(name, str(src.path)))
         if self.deployment:
