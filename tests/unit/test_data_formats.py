@@ -131,6 +131,21 @@ def test_bad_messages_say_which_message_and_what_was_expected(tmp_path, messages
     assert f"m.jsonl:2: column 'messages'" in e.value.render() and expected in e.value.render()
 
 
+@pytest.mark.parametrize("kind, value, expected", [
+    ("messages", [], 'column \'c\' must be a non-empty array of {"role", "content"} messages, got an empty array'),
+    ("messages", [u("Q"), 3], "column 'c' message 2: expected an object with role and content, got number"),
+    ("messages", [{"content": "x"}, 3], "column 'c' message 1: 'role' must be a non-empty string"),  # in order
+    ("sharegpt", "hi", 'column \'c\' must be a non-empty array of {"from", "value"} turns, got string'),
+    ("sharegpt", [{"from": "human", "value": "Q"}, None], "column 'c' turn 2: expected an object with from and value"),
+])
+def test_messages_and_sharegpt_turns_each_name_their_own_shape(kind, value, expected):
+    from tuneloop.data.formats import RecordProblem, check_messages, sharegpt_turns
+
+    with pytest.raises(RecordProblem) as e:
+        (check_messages if kind == "messages" else sharegpt_turns)(value, "c")
+    assert str(e.value).startswith(expected)
+
+
 def test_content_parts_are_joined(tmp_path):
     rows = [{"messages": [u([{"type": "text", "text": "Q"}, {"type": "text", "text": "!"}]), a("A")]}]
     res = stage_dataset(str(write_as("jsonl", tmp_path / "m.jsonl", rows)), "sft", tmp_path / "o.jsonl", lookup=None)

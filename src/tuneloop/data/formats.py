@@ -25,7 +25,7 @@ source columns a format reads: staging refuses a text column that no format read
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from tuneloop.data.schema import SCHEMAS
 from tuneloop.data.transforms import describe_shape, detect_chat_shape, flatten_shape
@@ -206,16 +206,23 @@ def _content(value: Any, where: str) -> str:
     raise RecordProblem(f"{where}: content must be a string, got {_type_name(value)}")
 
 
+def _objects(value: Any, column: str, noun: str, keys: tuple[str, str]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """The items of a conversation column, numbered from 1, as they are checked: a non-empty array of
+    objects (`noun`s with the two `keys`), else the problem naming the column and the item."""
+    if type(value) is not list or not value:
+        raise RecordProblem(f"column '{column}' must be a non-empty array of {{\"{keys[0]}\", \"{keys[1]}\"}} "
+                            f"{noun}s, got {'an empty array' if value == [] else _type_name(value)}", column)
+    for i, item in enumerate(value, start=1):
+        if type(item) is not dict:
+            raise RecordProblem(f"column '{column}' {noun} {i}: expected an object with {keys[0]} and {keys[1]}, "
+                                f"got {_type_name(item)}", column)
+        yield i, item
+
+
 def check_messages(value: Any, column: str) -> list[dict[str, str]]:
     """A non-empty array of {"role", "content"} messages, normalised to exactly those two keys."""
-    if type(value) is not list or not value:
-        raise RecordProblem(f"column '{column}' must be a non-empty array of {{\"role\", \"content\"}} messages, "
-                            f"got {'an empty array' if value == [] else _type_name(value)}", column)
     out = []
-    for i, m in enumerate(value, start=1):
-        if type(m) is not dict:
-            raise RecordProblem(f"column '{column}' message {i}: expected an object with role and content, "
-                                f"got {_type_name(m)}", column)
+    for i, m in _objects(value, column, "message", ("role", "content")):
         role = m.get("role")
         if type(role) is not str or not role:
             raise RecordProblem(f"column '{column}' message {i}: 'role' must be a non-empty string "
@@ -227,14 +234,8 @@ def check_messages(value: Any, column: str) -> list[dict[str, str]]:
 def sharegpt_turns(value: Any, column: str, system: Any = None) -> list[dict[str, str]]:
     """A ShareGPT conversation ({"from", "value"} turns; {"role", "content"} ones are taken too) as
     {role, content} messages; a top-level `system` string becomes the first message."""
-    if type(value) is not list or not value:
-        raise RecordProblem(f"column '{column}' must be a non-empty array of {{\"from\", \"value\"}} turns, "
-                            f"got {'an empty array' if value == [] else _type_name(value)}", column)
     out = []
-    for i, turn in enumerate(value, start=1):
-        if type(turn) is not dict:
-            raise RecordProblem(f"column '{column}' turn {i}: expected an object with from and value, "
-                                f"got {_type_name(turn)}", column)
+    for i, turn in _objects(value, column, "turn", ("from", "value")):
         speaker = turn.get("from", turn.get("role"))
         role = SHAREGPT_ROLES.get(speaker.strip().lower()) if type(speaker) is str else None
         if role is None:
