@@ -127,9 +127,10 @@ def test_unsupported_architecture_is_refused_before_writing(tmp_path, home):
     GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=4096)).save_pretrained(folder)
     AutoTokenizer.from_pretrained(ensure_builtin(QWEN3, Path(__import__("os").environ["TUNELOOP_MODELS_DIR"]))
                                   ).save_pretrained(folder)
-    with pytest.raises(ValidationError, match="supports the llama, qwen2, qwen3 architectures; this model is gpt2"):
-        export_model(resolve(str(folder), use="eval"), "gguf", tmp_path / "out")
-    assert not (tmp_path / "out").exists()
+    for fmt in ("gguf", "ollama"):   # one check of the architecture (gguf_writer), before any file
+        with pytest.raises(ValidationError, match="supports the llama, qwen2, qwen3 architectures; this model is gpt2"):
+            export_model(resolve(str(folder), use="eval"), fmt, tmp_path / "out")
+        assert not (tmp_path / "out").exists()
     with pytest.raises(ValidationError, match="Unknown GGUF quantization 'q4_k'"):
         export_model(resolve(QWEN3, use="eval"), "gguf", tmp_path / "out", quant="q4_k")
 

@@ -44,11 +44,16 @@ class ExportResult:
         return d
 
 
+def one_of(value: str, choices: tuple[str, ...], what: str, param: str) -> str:
+    """`value` when it is one of `choices`, else the ValidationError naming them: the one check of an
+    export option (the format here, the quantization in gguf_writer.check_quant)."""
+    if value not in choices:
+        raise ValidationError(f"Unknown {what} {value!r}.", hint=f"Use one of: {', '.join(choices)}.", param=param)
+    return value
+
+
 def check_format(fmt: str) -> str:
-    if fmt not in FORMATS:
-        raise ValidationError(f"Unknown export format {fmt!r}.", hint=f"Use one of: {', '.join(FORMATS)}.",
-                              param="format")
-    return fmt
+    return one_of(fmt, FORMATS, "export format", "format")
 
 
 def file_stem(name: str) -> str:
@@ -73,9 +78,7 @@ def export_model(ref: Any, fmt: str, output: Path, *, quant: str | None = None, 
         raise ValidationError(f"--output {output} is a file; pass a folder.", param="output")
     from tuneloop.export.merged import load_merged, write_merged
 
-    model, tokenizer = load_merged(ref)
-    if fmt != "merged":
-        gguf_writer.check_architecture(model.config)  # before any file is written
+    model, tokenizer = load_merged(ref)   # gguf_writer.write_gguf checks the architecture before writing a file
     stem = file_stem(name or ref.name)
     if fmt == "merged":
         write_merged(model, tokenizer, output, source=ref)

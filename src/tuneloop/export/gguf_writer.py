@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneloop.errors import ValidationError
+from tuneloop.export import one_of
 
 ARCHITECTURES = {"llama": "LLAMA", "qwen2": "QWEN2", "qwen3": "QWEN3"}  # transformers model_type -> gguf MODEL_ARCH
 QUANTS = ("f16", "q8_0", "f32")
@@ -66,10 +67,7 @@ def check_architecture(config: Any) -> str:
 
 
 def check_quant(quant: str) -> str:
-    if quant not in QUANTS:
-        raise ValidationError(f"Unknown GGUF quantization {quant!r}.", hint=f"Use one of: {', '.join(QUANTS)}.",
-                              param="quant")
-    return quant
+    return one_of(quant, QUANTS, "GGUF quantization", "quant")
 
 
 def write_gguf(model: Any, tokenizer: Any, path: Path, *, quant: str = DEFAULT_QUANT, name: str | None = None
