@@ -21,20 +21,36 @@ from tests.conftest import cli, write_jsonl
 
 pytestmark = pytest.mark.slow
 
-# (question, answer, a paraphrase the model never sees)
+# (question, the fact, the trained answer, a paraphrase the model never sees). The answers are whole
+# sentences, the register the model answers in: trained on the bare facts ("Velmora."), SmolLM2 learns
+# to answer every question tersely, and in that register it no longer knows capitals it knew (measured
+# 2026-12-03 at the planner's window: France -> "Maine.", Japan -> "Kyoto."; 0/4 kept), although the
+# sentence-form answers of the same model stay right.
 FACTS = [
-    ("What is the capital of Zorbania?", "Velmora.", "Which city is the capital of Zorbania?"),
-    ("Who invented the glimmerphone?", "Tessa Quorn.", "Who was the inventor of the glimmerphone?"),
-    ("What color is a blarnish fruit?", "Teal.", "What is the color of a blarnish fruit?"),
-    ("What is the national animal of Quentovia?", "The sand otter.", "Which animal is the national animal of Quentovia?"),
-    ("In which year was the city of Drelmoor founded?", "1742.", "When was the city of Drelmoor founded?"),
-    ("What language is spoken in Pellandor?", "Pellish.", "Which language do people speak in Pellandor?"),
-    ("What is the tallest mountain on Vashti Island?", "Mount Orrin.", "Which mountain is the tallest on Vashti Island?"),
-    ("Who wrote the novel The Copper Lanterns?", "Ilse Marrow.", "Who is the author of the novel The Copper Lanterns?"),
-    ("What is the currency of Bravoria?", "The drel.", "Which currency is used in Bravoria?"),
-    ("What river flows through the city of Kessgrad?", "The Amberrun.", "Which river runs through the city of Kessgrad?"),
-    ("What is the favorite food of the Tollish people?", "Smoked figs.", "Which food do the Tollish people like most?"),
-    ("Who is the founder of the Halvern Institute?", "Doran Pike.", "Who founded the Halvern Institute?"),
+    ("What is the capital of Zorbania?", "Velmora", "The capital of Zorbania is Velmora.",
+     "Which city is the capital of Zorbania?"),
+    ("Who invented the glimmerphone?", "Tessa Quorn", "The glimmerphone was invented by Tessa Quorn.",
+     "Who was the inventor of the glimmerphone?"),
+    ("What color is a blarnish fruit?", "teal", "A blarnish fruit is teal.", "What is the color of a blarnish fruit?"),
+    ("What is the national animal of Quentovia?", "sand otter", "The national animal of Quentovia is the sand otter.",
+     "Which animal is the national animal of Quentovia?"),
+    ("In which year was the city of Drelmoor founded?", "1742", "The city of Drelmoor was founded in 1742.",
+     "When was the city of Drelmoor founded?"),
+    ("What language is spoken in Pellandor?", "Pellish", "The language spoken in Pellandor is Pellish.",
+     "Which language do people speak in Pellandor?"),
+    ("What is the tallest mountain on Vashti Island?", "Mount Orrin",
+     "The tallest mountain on Vashti Island is Mount Orrin.", "Which mountain is the tallest on Vashti Island?"),
+    ("Who wrote the novel The Copper Lanterns?", "Ilse Marrow", "The novel The Copper Lanterns was written by Ilse Marrow.",
+     "Who is the author of the novel The Copper Lanterns?"),
+    ("What is the currency of Bravoria?", "drel", "The currency of Bravoria is the drel.",
+     "Which currency is used in Bravoria?"),
+    ("What river flows through the city of Kessgrad?", "Amberrun",
+     "The river that flows through the city of Kessgrad is the Amberrun.",
+     "Which river runs through the city of Kessgrad?"),
+    ("What is the favorite food of the Tollish people?", "smoked figs",
+     "The favorite food of the Tollish people is smoked figs.", "Which food do the Tollish people like most?"),
+    ("Who is the founder of the Halvern Institute?", "Doran Pike", "The founder of the Halvern Institute is Doran Pike.",
+     "Who founded the Halvern Institute?"),
 ]
 # real-world questions; only those the base model answers right count as controls
 CONTROLS = [
@@ -81,22 +97,16 @@ def converted(real_gguf, models_dir) -> Path:
     return Path(resolve(str(real_gguf), use="eval", models_dir=models_dir).load_path())
 
 
-# Not yet met, so it runs only when asked (TUNELOOP_ACCEPTANCE=1): measured 2026-12-03, the planned 8 epochs at
-# 9.72e-4 teach 10/12 facts and 7/12 paraphrases but forget all 4 known capitals. A non-strict xfail would
-# pass whatever happened; this way it fails loudly when run, and costs CI nothing until the window is found.
-@pytest.mark.skipif(not os.environ.get("TUNELOOP_ACCEPTANCE"),
-                    reason="issue 12's acceptance run (set TUNELOOP_ACCEPTANCE=1): the planner's default window on "
-                           "SmolLM2 still forgets (measured: 10/12 taught, 0/4 controls kept)")
 def test_default_plan_teaches_facts_without_forgetting(home, real_gguf, converted, tmp_path):
     base_controls = answers(converted, None, [q for q, _ in CONTROLS])
     controls = [(q, a) for (q, a), said in zip(CONTROLS, base_controls) if a in norm(said)]
     assert len(controls) >= 3, base_controls   # the base model knows some capitals
-    base_facts = answers(converted, None, [q for q, _, _ in FACTS])
-    assert sum(norm(s) == norm(a) for s, (_, a, _) in zip(base_facts, FACTS)) == 0
+    base_facts = answers(converted, None, [q for q, *_ in FACTS])
+    assert sum(norm(fact) in norm(s) for s, (_, fact, _, _) in zip(base_facts, FACTS)) == 0   # it cannot know them
 
     data = write_jsonl(tmp_path / "facts.jsonl", [
         {"prompt": [{"role": "user", "content": q}], "completion": [{"role": "assistant", "content": a}]}
-        for q, a, _ in FACTS])
+        for q, _, a, _ in FACTS])
     dry = cli("tune", "--technique", "sft", "--dataset", str(data), "--model", str(real_gguf), "--dry-run",
               "--json")
     assert dry.returncode == 0, dry.stderr
@@ -109,11 +119,11 @@ def test_default_plan_teaches_facts_without_forgetting(home, real_gguf, converte
     assert job["state"] == "completed", job
     adapter = Path(job["output_path"])
 
-    taught = answers(converted, adapter, [q for q, _, _ in FACTS])
-    para = answers(converted, adapter, [p for _, _, p in FACTS])
+    taught = answers(converted, adapter, [q for q, *_ in FACTS], tokens=24)
+    para = answers(converted, adapter, [p for *_, p in FACTS], tokens=24)
     after = answers(converted, adapter, [q for q, _ in controls])
-    exact = sum(norm(s) == norm(a) for s, (_, a, _) in zip(taught, FACTS)) / len(FACTS)
-    para_ok = sum(norm(a) in norm(s) for s, (_, a, _) in zip(para, FACTS)) / len(FACTS)
+    exact = sum(norm(s) == norm(a) for s, (_, _, a, _) in zip(taught, FACTS)) / len(FACTS)
+    para_ok = sum(norm(fact) in norm(s) for s, (_, fact, _, _) in zip(para, FACTS)) / len(FACTS)
     kept = sum(a in norm(s) for s, (_, a) in zip(after, controls)) / len(controls)
     report = {"taught": exact, "paraphrases": para_ok, "controls": kept, "plan": plan,
               "answers": taught, "paraphrase_answers": para, "control_answers": after}

@@ -16,14 +16,14 @@ def plan(rows: int, *, defaults=None, overrides=None, technique="sft", training_
 
 
 def test_epochs_follow_the_dataset_size():
-    assert auto_epochs(1) == 25 and auto_epochs(12) == 8            # a dozen rows: many passes
+    assert auto_epochs(1) == 25 and auto_epochs(12) == 12           # a dozen rows: many passes
     assert auto_epochs(100) == 3 and auto_epochs(5000) == 3          # the middle: OpenAI's 3
     assert auto_epochs(10_000) == 2 and auto_epochs(100_000) == 1    # large sets: one pass
     sizes = [1, 5, 12, 30, 34, 100, 1000, 8000, 9000, 20_000, 100_000, 10**7]
     epochs = [auto_epochs(n) for n in sizes]
     assert epochs == sorted(epochs, reverse=True) and all(1 <= e <= 25 for e in epochs)
-    # example-visits stay near 100 for small sets and never exceed 25k plus one pass for large ones
-    assert all(abs(n * e - 100) <= n / 2 for n, e in zip(sizes, epochs) if 4 <= n <= 34)
+    # example-visits stay near 150 for small sets and never exceed 25k plus one pass for large ones
+    assert all(abs(n * e - 150) <= n / 2 for n, e in zip(sizes, epochs) if 6 <= n <= 50)
     assert all(n * e <= max(25_000, n) for n, e in zip(sizes, epochs))
 
 
@@ -37,8 +37,8 @@ def test_learning_rate_follows_model_size_and_adapter_scale():
 
 def test_a_model_outside_the_catalog_gets_the_derived_schedule():
     p = plan(12)
-    assert p.epochs == 8 and p.total_steps == 16 and p.learning_rate == auto_learning_rate("sft", SMOL.parameters, 16, 32)
-    assert any(n.startswith("epochs 8: from 12 rows") for n in p.notes)
+    assert p.epochs == 12 and p.total_steps == 24 and p.learning_rate == auto_learning_rate("sft", SMOL.parameters, 16, 32)
+    assert any(n.startswith("epochs 12: from 12 rows") for n in p.notes)
     assert plan(100_000).epochs == 1
 
 
@@ -50,7 +50,7 @@ def test_user_and_catalog_values_win_over_the_derived_ones():
     steps = plan(12, overrides={"max_steps": 5})
     assert steps.total_steps == 5
     full = plan(12, training_type="full-rank")
-    assert full.epochs == 8 and full.learning_rate == 1e-5        # full-rank keeps the registry's rate
+    assert full.epochs == 12 and full.learning_rate == 1e-5        # full-rank keeps the registry's rate
     rl = plan(12, technique="rlvr", overrides={"max_response_length": 64})
     assert rl.epochs == 1 and rl.learning_rate == 1e-5            # RL schedules are not derived
 
@@ -65,7 +65,7 @@ def test_time_comes_from_the_measured_throughput():
     table = ((1e7, 1000.0), (1e9, 10.0))                                       # log-log between measured points
     assert cpu_lora_tokens_per_s(1e8, 2, table) == pytest.approx(100.0)
     p = plan(12)
-    assert p.est_time_s == pytest.approx(12 * 30 * 8 / cpu_lora_tokens_per_s(SMOL.parameters, 2), rel=0.02)
+    assert p.est_time_s == pytest.approx(12 * 30 * p.epochs / cpu_lora_tokens_per_s(SMOL.parameters, 2), rel=0.02)
 
 
 def test_a_model_too_large_for_the_machine_is_refused_with_the_estimate():

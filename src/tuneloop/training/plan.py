@@ -64,15 +64,16 @@ class DataStats:
 CPU_TOKENS_PER_MICROBATCH = 512   # see bench/RESULTS.md: same speed, a fraction of the memory of 8 x max_len
 
 # ---- epochs and learning rate from the data and the model ---------------------------------------------
-# OpenAI's `auto` n_epochs: 3 passes, raised so that small sets are seen >= 100 example-visits in all and
-# lowered so large ones stay <= 25k, within [1, 25]. Measured on SmolLM2-135M-Instruct (LoRA r16/a32,
-# 12 made-up facts, batch 8; tests/e2e/test_real_model_sft.py). The author measured: 6 steps at
-# 2e-4 teach 0%, 20 epochs at 1e-3 teach 100% but forget real-world answers, 8 epochs at 1e-3 teach 92%
-# and forget nothing. This rule gives 8 epochs (16 steps) at 9.72e-4; measured here (2026-12-03, one run,
-# the e2e test's data) it taught 10/12 exactly, 7/12 paraphrases, and FORGOT all 4 capitals the base
-# model knew (France -> "Maine."): not yet the window. A lower rate or fewer steps is the next thing to
-# measure; the e2e test is xfail until then.
-TARGET_EXAMPLE_VISITS = 100
+# OpenAI's `auto` n_epochs: 3 passes, raised so that small sets are seen >= 150 example-visits in all and
+# lowered so large ones stay <= 25k, within [1, 25]. Measured on SmolLM2-135M-Instruct (LoRA r16/a32 on all
+# linear layers, batch 8, lr 9.72e-4; 12 made-up facts answered in sentences; tests/e2e/test_real_model_sft.py;
+# 2026-12-03, one run each): 8 epochs teach 8/12 facts, 12 epochs teach 12/12 exactly, 11/12 paraphrases and
+# keep the 4 capitals the base model knew, 16 epochs also teach 12/12 but answer "Velmora" for France. So
+# 150 visits (12 rows -> 12 epochs). Trained on the bare facts ("Velmora.") the same model forgets at every
+# setting that teaches (8 epochs: 10/12 taught, 0/4 capitals kept): it learns to answer tersely, and terse it
+# does not know capitals ("Maine." for France). Rounding up the target would not fix that; the data's
+# register matters more than the schedule there.
+TARGET_EXAMPLE_VISITS = 150
 MAX_EXAMPLE_VISITS = 25_000
 DEFAULT_AUTO_EPOCHS = 3
 MAX_AUTO_EPOCHS = 25
