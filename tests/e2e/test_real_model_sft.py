@@ -10,7 +10,6 @@ answered right (no forgetting).
 from __future__ import annotations
 
 import json
-import os
 import re
 import string
 from pathlib import Path
