@@ -1,8 +1,8 @@
 """API keys end to end: keys made with `tuneloop keys create`, a live `tuneloop serve --api-key`
 (the built-in tiny model, a free port), driven only by the official `openai` client: each project's
-key works, a second project's key sees none of the first's files or jobs (404), a missing, wrong or
-revoked key is a 401 in OpenAI's error body, the admin key still works, another project's key may
-not change what the server serves (403), and the graders API answers through the same keys."""
+key works, a missing, wrong or revoked key is a 401 in OpenAI's error body, the admin key still
+works, and another project's key may not change what the server serves (403). The cross-project
+test of files and jobs comes with the fine-tuning API (issue 13, branch wip/issue-13-api-core)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,6 @@ from tests.conftest import REPO, cli  # noqa: E402
 
 ADMIN = "sk-tuneloop-admin-e2e"
 BASE = "tuneloop/tiny-qwen3"
-ROW = {"messages": [{"role": "user", "content": "Capital of France?"}, {"role": "assistant", "content": "Paris."}]}
 
 
 def _free_port() -> int:
@@ -107,52 +106,3 @@ def test_admin_routes_take_only_the_servers_project(srv):
     for key in (ADMIN, srv["keys"]["default"][1]):   # the server's project: past the key check
         r = httpx.post(srv["url"] + "/v1/unload_lora_adapter", json=body, headers={"Authorization": f"Bearer {key}"})
         assert r.status_code == 404, r.text
-
-
-def test_a_second_project_sees_none_of_the_firsts_files_or_jobs(srv, tmp_path):
-    a, b = srv["client"](srv["keys"]["team-a"][1]), srv["client"](srv["keys"]["team-b"][1])
-    if httpx.get(srv["url"] + "/v1/files", headers={"Authorization": f"Bearer {ADMIN}"}).status_code == 404:
-        pytest.skip("the fine-tuning API is not mounted by this server")
-    train = tmp_path / "train.jsonl"
-    train.write_text("\n".join(json.dumps(ROW) for _ in range(4)) + "\n")
-    with open(train, "rb") as fh:
-        f = a.files.create(file=fh, purpose="fine-tune")
-    assert f.id in [x.id for x in a.files.list()]
-    assert f.id not in [x.id for x in b.files.list()]
-    with pytest.raises(openai.NotFoundError):
-        b.files.retrieve(f.id)
-    with pytest.raises(openai.NotFoundError):
-        b.files.content(f.id)
-    with pytest.raises(openai.NotFoundError):
-        b.files.delete(f.id)
-    admin = srv["client"](ADMIN)
-    assert f.id not in [x.id for x in admin.files.list()]   # the admin key is the server's project's
-    job = a.fine_tuning.jobs.create(model=BASE, training_file=f.id, suffix="keys",
-                                    method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1}}})
-    try:
-        assert job.id not in [j.id for j in b.fine_tuning.jobs.list()]
-        for call in (b.fine_tuning.jobs.retrieve, b.fine_tuning.jobs.cancel, b.fine_tuning.jobs.list_events):
-            with pytest.raises(openai.NotFoundError):
-                call(job.id)
-        with pytest.raises(openai.NotFoundError):   # b cannot train on a's file either
-            b.fine_tuning.jobs.create(model=BASE, training_file=f.id)
-        assert a.fine_tuning.jobs.retrieve(job.id).id == job.id
-    finally:
-        a.fine_tuning.jobs.cancel(job.id)
-
-
-def test_graders_through_the_served_api(srv):
-    client = srv["client"](srv["keys"]["team-a"][1])
-    grader = {"type": "string_check", "name": "eq", "input": "{{ sample.output_text }}",
-              "reference": "{{ item.answer }}", "operation": "eq"}
-    try:
-        v = client.fine_tuning.alpha.graders.validate(grader=grader)
-    except openai.NotFoundError:
-        pytest.skip("the graders API is not mounted by this server")
-    assert v.grader.type == "string_check"
-    r = client.fine_tuning.alpha.graders.run(grader=grader, model_sample="Paris", item={"answer": "Paris"})
-    assert r.reward == 1.0 and r.metadata.name == "eq"
-    py = {"type": "python", "source": "def grade(sample, item):\n    return len(sample['output_text']) / 10\n"}
-    assert client.fine_tuning.alpha.graders.run(grader=py, model_sample="12345").reward == pytest.approx(0.5)
-    with pytest.raises(openai.AuthenticationError):
-        srv["client"]("sk-tl-wrong").fine_tuning.alpha.graders.run(grader=grader, model_sample="x")
