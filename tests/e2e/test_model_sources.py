@@ -31,9 +31,10 @@ pytestmark = pytest.mark.slow   # the session's conversion of the real model, CL
 
 
 @pytest.fixture(scope="session")
-def converted(real_gguf, models_dir) -> Path:
-    """The real GGUF converted once into the session's models dir (every CLI below reuses it)."""
-    return Path(resolve(str(real_gguf), use="eval", models_dir=models_dir).load_path())
+def converted(real_model_folder) -> Path:
+    """The real GGUF converted once into the session's models dir (conftest's `real_model_folder`, the
+    resolver's conversion; every CLI below reuses it)."""
+    return real_model_folder
 
 
 def _greedy(model, tokenizer, prompts: list[str], tokens: int = 12) -> list[list[int]]:

@@ -9,8 +9,6 @@ held-out pairs it never saw.
 from __future__ import annotations
 
 import json
-from pathlib import Path
-
 import pytest
 
 from tests.conftest import cli, write_jsonl
@@ -55,12 +53,8 @@ def pairs(replies):
     return [{"prompt": p, "chosen": r.upper(), "rejected": r} for p, r in replies]
 
 
-@pytest.fixture(scope="module")
-def converted(real_model_folder) -> Path:
-    return Path(real_model_folder)
-
-
-def test_dpo_defaults_move_the_preference_on_held_out_pairs(home, real_gguf, converted, tmp_path):
+def test_dpo_defaults_move_the_preference_on_held_out_pairs(home, real_gguf, real_model_folder, tmp_path):
+    converted = real_model_folder
     from tuneloop.evaluation.quick import load_for_eval, preference_accuracy
 
     base, tok = load_for_eval(str(converted))

@@ -89,14 +89,8 @@ def answers(model_dir: Path, adapter: Path | None, questions: list[str], tokens:
     return said
 
 
-@pytest.fixture(scope="module")
-def converted(real_gguf, models_dir) -> Path:
-    from tuneloop.models.resolve import resolve
-
-    return Path(resolve(str(real_gguf), use="eval", models_dir=models_dir).load_path())
-
-
-def test_default_plan_teaches_facts_without_forgetting(home, real_gguf, converted, tmp_path):
+def test_default_plan_teaches_facts_without_forgetting(home, real_gguf, real_model_folder, tmp_path):
+    converted = real_model_folder
     base_controls = answers(converted, None, [q for q, _ in CONTROLS])
     controls = [(q, a) for (q, a), said in zip(CONTROLS, base_controls) if a in norm(said)]
     assert len(controls) >= 3, base_controls   # the base model knows some capitals

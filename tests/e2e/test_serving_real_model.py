@@ -13,7 +13,6 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from tuneloop.models.resolve import resolve  # noqa: E402
 from tuneloop.serving.engine import BaseModel, SamplingParams  # noqa: E402
 
 PROMPTS = ["What is the capital of France?", "Write a haiku about coding.", "Name three prime numbers."]
@@ -22,8 +21,8 @@ pytestmark = pytest.mark.slow   # the session's conversion of the real model, tw
 
 
 @pytest.fixture(scope="module")
-def real_folder(real_gguf, models_dir) -> Path:
-    return Path(resolve(str(real_gguf), use="eval", models_dir=models_dir).load_path())
+def real_folder(real_model_folder) -> Path:
+    return real_model_folder   # the session's one conversion (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
