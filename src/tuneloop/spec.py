@@ -43,6 +43,7 @@ class Hyperparameter:
     full_rank_default: Any = None      # full-rank's value where it differs (the learning rate)
     techniques: tuple[str, ...] = ()   # empty: every technique
     training_types: tuple[str, ...] = ()   # empty: every training type
+    choices: tuple[str, ...] = ()      # a str knob: its values (min and max unused)
 
     @property
     def cli_flag(self) -> str:
@@ -66,6 +67,11 @@ class Hyperparameter:
 
     def check(self, value: Any) -> Any:
         name = self.name
+        if self.choices:
+            if value not in self.choices:
+                raise ValidationError(f"Hyperparameter {name} must be one of {', '.join(self.choices)}, got {value!r}.",
+                                      hint=f"{name}: {self.help}", param=name)
+            return value
         if self.type is int and isinstance(value, float) and value.is_integer():
             value = int(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or (
@@ -87,6 +93,7 @@ class Hyperparameter:
 
 _RL = {"techniques": RL_TECHNIQUES}
 _LORA = {"training_types": ("lora",)}
+_SCALE = {"techniques": ("sft", "dpo")}   # where the scale-out launchers are tested (RL stays one process)
 _REGISTRY = [
     Hyperparameter("max_epochs", int, 1, 1000, "passes over the training data", _by_technique(sft=3, dpo=1, rl=1),
                    flag="--epochs", trl="num_train_epochs (the planner turns epochs into max_steps)"),
@@ -111,6 +118,14 @@ _REGISTRY = [
                    techniques=("dpo",)),
     Hyperparameter("seed", int, 0, 2**31 - 1, "random seed (training and --validation-split)", 42,
                    trl="seed, data_seed"),
+    # scale-out: where the job runs (service/launch.py, service/ray_backend.py); the planner splits the
+    # global batch across the processes
+    Hyperparameter("num_processes", int, 1, 4096, "training processes (DDP ranks: gloo on CPU, NCCL one per GPU); "
+                   "the global batch is split across them", 1,
+                   trl="torchrun --nproc-per-node / ScalingConfig.num_workers", **_SCALE),
+    Hyperparameter("backend", str, 0, 0, "where the processes run: local (this machine, torch.distributed) or "
+                   "ray (Ray Train workers on the cluster at $TUNELOOP_RAY_ADDRESS)", "local",
+                   trl="ray.train.torch.TorchTrainer for ray", choices=("local", "ray"), **_SCALE),
     # RL (rlvr, rlaif): GRPO on TRL
     Hyperparameter("max_prompt_length", int, 8, 1_048_576, "prompt tokens kept (left-truncated)", 1024,
                    trl="GRPOConfig.max_prompt_length", **_RL),

@@ -2,7 +2,9 @@
 
 Runs one job in its own process: claim -> run the technique's recipe (training/recipes/: set up,
 train resuming from the last checkpoint, validate, save output and manifest) -> register -> record
-config state. Evaluation jobs (`tuneloop eval`) run through the evaluation service
+config state. A job on several processes (`--num-processes N`, `--backend ray`) runs its recipe on
+ranks started from here (service/launch.py, service/ray_backend.py); this process still claims,
+heartbeats and registers rank 0's output. Evaluation jobs (`tuneloop eval`) run through the evaluation service
 (service/evaluations.py) instead of a recipe. Started detached by `tuneloop tune`; every state
 change goes to the database, so nothing lives only in this process.
 """
@@ -23,6 +25,7 @@ from tuneloop.models.resolve import resolve
 from tuneloop.registry import register_output
 from tuneloop.service.evaluations import EvaluationService
 from tuneloop.service.jobs import dataset_slug
+from tuneloop.service.launch import ProcessesLost, launch_file, run_local
 from tuneloop.settings import load_settings
 from tuneloop.spec import JobSpec
 from tuneloop.store import Store, open_store
@@ -83,8 +86,13 @@ def run_job(store: Store, job_id: str, expect_pid: int | None = None) -> str:
         tracker.finish("FINISHED" if state == "completed" else "KILLED",
                        Path(job["job_dir"]) / "output" if state == "completed" else None)
         return state
+    except ProcessesLost as e:  # like this runner killed with kill -9: the job stays resumable, not failed
+        store.add_event(job_id, f"job stopped: {e}. Re-run the same `tuneloop tune` command to resume from the "
+                                "last checkpoint.", level="error", data={"lost": str(e)})
+        return "lost"
     except Exception as e:  # the job fails with its reason; the traceback goes to the events
-        store.add_event(job_id, f"job failed: {e}", level="error", data={"traceback": traceback.format_exc()})
+        trace = getattr(e, "trace", "") or traceback.format_exc()   # a rank's own traceback (service/launch.py)
+        store.add_event(job_id, f"job failed: {e}", level="error", data={"traceback": trace})
         _finish(store, job_id, state="failed", error=f"{type(e).__name__}: {e}")
         tracker.finish("FAILED")
         return "failed"
@@ -108,14 +116,36 @@ def _tune(store: Store, settings, job: dict[str, Any], tracker) -> str:
     model = resolve(spec.model, technique=spec.technique, training_type=spec.training_type,
                     models_dir=settings.models_dir)
     model_dir, targets = model.adapter or model.load_path(), model.lora_targets  # RL loads an adapter's base itself
-    ctx = JobContext(store=store, job=job, spec=spec, plan=Plan(**job["plan"]), model_dir=model_dir,
-                     lora_targets=targets, models_dir=settings.models_dir, tracker=tracker)
-    result = recipe_for(spec.technique)(ctx).run()
+    plan = Plan(**job["plan"])
+    if plan.num_processes > 1 or plan.backend != "local":
+        result = _run_scaled(store, settings, job, plan, model_dir, targets, tracker)
+    else:
+        ctx = JobContext(store=store, job=job, spec=spec, plan=plan, model_dir=model_dir,
+                         lora_targets=targets, models_dir=settings.models_dir, tracker=tracker)
+        result = recipe_for(spec.technique)(ctx).run()
     if result is None:
         _finish(store, job["id"], state="cancelled", error="cancelled by user")
         store.add_event(job["id"], "job cancelled", level="warn")
         return "cancelled"
     return _register(store, spec, job, result)
+
+
+def _run_scaled(store: Store, settings, job: dict[str, Any], plan: Plan, model_dir: str, targets: Any,
+                tracker) -> RecipeResult | None:
+    """The recipe on several processes: torchelastic's agent here (service/launch.py) or Ray Train
+    workers (service/ray_backend.py); rank 0's result, or None when cancelled."""
+    from tuneloop.training.recipes import RecipeResult
+
+    path = launch_file(job, model_dir=model_dir, lora_targets=targets, models_dir=settings.models_dir)
+    if plan.backend == "ray":
+        from tuneloop.service.ray_backend import run_on_ray   # the only module that imports ray
+
+        out = run_on_ray(store, settings, job, plan, path, tracker)
+    else:
+        out = run_local(store, job, plan, path)
+    if out["cancelled"]:
+        return None
+    return RecipeResult(Path(out["output_dir"]), out["output_type"], out["metrics"])
 
 
 def _register(store: Store, spec: JobSpec, job: dict[str, Any], result: RecipeResult) -> str:

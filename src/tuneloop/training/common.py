@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -74,7 +73,20 @@ def training_kwargs(plan: Plan, output_dir: Path) -> dict[str, Any]:
         disable_tqdm=True,
         save_only_model=False,
         train_sampling_strategy="group_by_length" if plan.group_by_length else "random",
+        **distributed_kwargs(plan),
     )
+
+
+def distributed_kwargs(plan: Plan) -> dict[str, Any]:
+    """TrainingArguments for a job on several processes (service/launch.py or the Ray backend
+    start them): DDP over gloo on a CPU, NCCL on GPUs, collectives bounded by DDP_TIMEOUT_S so a
+    rank that hangs fails the job instead of holding it; every LoRA parameter gets a gradient."""
+    if plan.num_processes <= 1:
+        return {}
+    from tuneloop.training.distributed import DDP_TIMEOUT_S
+
+    return dict(ddp_backend="gloo" if plan.device == "cpu" else "nccl", ddp_timeout=DDP_TIMEOUT_S,
+                ddp_find_unused_parameters=False)
 
 
 def set_threads(plan: Plan) -> None:
@@ -86,25 +98,21 @@ def set_threads(plan: Plan) -> None:
 
 def make_callback(on_metrics: Callable[[int, int, dict[str, float]], None],
                   should_stop: Callable[[], bool], on_save: Callable[[int], None]):
-    """A TrainerCallback that reports metrics, stops when asked, and notes checkpoints."""
+    """A TrainerCallback that reports metrics, stops when asked, and notes checkpoints.
+    `should_stop` is asked at every step's end, on every rank of a job on several processes (it
+    throttles its own look-ups and gives every rank rank 0's answer: Recipe.should_stop)."""
     from transformers import TrainerCallback
 
     class JobCallback(TrainerCallback):
-        def __init__(self) -> None:
-            self._last_check = 0.0
-
         def on_log(self, args, state, control, logs=None, **kwargs):
             if logs:
                 clean = {k: float(v) for k, v in logs.items() if isinstance(v, (int, float))}
                 on_metrics(state.global_step, state.max_steps, clean)
 
         def on_step_end(self, args, state, control, **kwargs):
-            now = time.monotonic()
-            if now - self._last_check >= 1.0:
-                self._last_check = now
-                if should_stop():
-                    control.should_training_stop = True
-                    control.should_save = False
+            if should_stop():
+                control.should_training_stop = True
+                control.should_save = False
 
         def on_save(self, args, state, control, **kwargs):
             on_save(state.global_step)

@@ -141,6 +141,10 @@ class Plan:
     est_peak_memory_gb: float
     est_time_s: float
     group_by_length: bool = False   # fields added later get defaults: old jobs' plans still load
+    # scale-out (process_layout): training processes and where they run; world_size counts data-parallel
+    # replicas (N processes, or a legacy single process over several GPUs)
+    num_processes: int = 1
+    backend: str = "local"          # local (torch.distributed on this machine) | ray (Ray Train workers)
     notes: list[str] = field(default_factory=list)
     # RL (rlvr, rlaif) only; None otherwise. Batches count completions: global_batch / num_generations
     # prompts per step, each sampled num_generations times.
@@ -257,12 +261,13 @@ def make_plan(*, technique: str, training_type: str, shape: ModelShape, data: Da
     epochs = int(hp["max_epochs"])
 
     precision = "fp32" if hw.device == "cpu" else ("bf16" if hw.bf16 else "fp16")
-    world = hw.count if hw.device == "cuda" else 1
-    budget = hw.memory_gb * (0.85 if hw.device == "cuda" else 0.6)
+    world, processes, threads, backend = process_layout(hw, hp, overrides)
+    budget = hw.memory_gb * (0.85 if hw.device == "cuda" else 0.6 / processes)   # CPU: the RAM is shared
     if hw.device == "cpu":
         rows_per_sample = 2 if technique == "dpo" else 1
-        cap = max(1, min(global_batch, CPU_TOKENS_PER_MICROBATCH // (seq * rows_per_sample)))
-        per_device = max(d for d in range(1, cap + 1) if global_batch % d == 0)  # no rounding of the batch
+        per_world = math.ceil(global_batch / world)
+        cap = max(1, min(per_world, CPU_TOKENS_PER_MICROBATCH // (seq * rows_per_sample)))
+        per_device = max(d for d in range(1, cap + 1) if per_world % d == 0)  # no rounding of the batch
     else:
         per_device = max(1, min(global_batch // world or 1, 64))
     checkpointing = False
@@ -281,6 +286,8 @@ def make_plan(*, technique: str, training_type: str, shape: ModelShape, data: Da
     effective = per_device * grad_accum * world
     if effective != global_batch:
         notes.append(f"global batch {global_batch} rounded to {effective} ({per_device} x {grad_accum} x {world})")
+    if processes > 1:
+        notes.append(layout_note(hw, processes, threads, backend, per_device, grad_accum, effective))
     steps_per_epoch = max(1, math.ceil(data.rows / effective))
     total = int(hp.get("max_steps") or steps_per_epoch * epochs)
     save_steps = int(hp.get("save_steps") or max(10, math.ceil(total / 5)))
@@ -295,7 +302,7 @@ def make_plan(*, technique: str, training_type: str, shape: ModelShape, data: Da
         lora_rank=int(hp["lora_rank"]) if lora else None,
         lora_alpha=int(hp["lora_alpha"]) if lora else None,
         beta=float(hp["beta"]) if technique == "dpo" else None,
-        seed=int(hp["seed"]), threads=hw.cpu_cores if hw.device == "cpu" else 0,
+        seed=int(hp["seed"]), threads=threads, num_processes=processes, backend=backend,
         # TRL's SFT data carries input_ids, which the length-grouped sampler reads; mixed lengths only
         group_by_length=technique == "sft" and data.max_tokens > 1.5 * data.mean_tokens and data.rows >= 4 * per_device,
         est_peak_memory_gb=round(estimate_memory_gb(shape, technique, lora, per_device, seq, precision,
@@ -303,6 +310,36 @@ def make_plan(*, technique: str, training_type: str, shape: ModelShape, data: Da
         est_time_s=round(estimate_time_s(shape, technique, lora, tokens, hw, precision), 1),
         notes=notes,
     )
+
+
+def process_layout(hw: Hardware, hp: dict[str, Any], overrides: dict[str, Any]) -> tuple[int, int, int, str]:
+    """(data-parallel world, processes, torch threads per process, backend) for `--num-processes N`
+    and `--backend`. On a CPU the N processes share its cores (each gets cores // N threads, at least
+    one). On GPUs each process drives one GPU (DDP over NCCL); without --num-processes a machine
+    with several GPUs keeps one process over all of them (transformers' DataParallel), as before."""
+    backend = str(hp.get("backend") or "local")
+    n = int(hp.get("num_processes") or 1)
+    if hw.device == "cuda":
+        if "num_processes" not in overrides and backend == "local":
+            return hw.count, 1, 0, backend
+        if backend == "local" and n > hw.count:
+            raise ValidationError(f"--num-processes {n} needs {n} GPUs; this machine has {hw.count}.",
+                                  hint=f"Use --num-processes {hw.count} or fewer, or --backend ray on a cluster "
+                                       "with more GPUs.", param="num_processes")
+        return n, n, 0, backend
+    return n, n, max(1, hw.cpu_cores // n), backend
+
+
+def layout_note(hw: Hardware, processes: int, threads: int, backend: str, per_device: int, grad_accum: int,
+                global_batch: int) -> str:
+    """What --dry-run says about a job on several processes."""
+    where = "Ray Train workers" if backend == "ray" else "processes on this machine"
+    text = (f"layout: {processes} {where}, DDP over {'gloo' if hw.device == 'cpu' else 'NCCL'}; "
+            f"{per_device} per device x {grad_accum} accumulation x {processes} = global batch {global_batch}; "
+            "rank 0 writes the events, checkpoints and output")
+    if hw.device == "cpu" and backend == "local":
+        text += f"; {threads} thread{'s' if threads != 1 else ''} each: the processes share this CPU's {hw.cpu_cores} cores"
+    return text
 
 
 def auto_schedule(technique: str, training_type: str, shape: ModelShape, data: DataStats, hp: dict[str, Any], *,

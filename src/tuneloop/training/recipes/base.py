@@ -10,6 +10,11 @@ Registering the output is the runner's part, not the recipe's.
 
 What is shared lives here: the job callback hookup (metrics events, the live progress on the job
 row, MLflow, cancel, checkpoint events), resume, the final metrics, and the manifest.
+
+On several processes (`--num-processes`, `--backend ray`) every rank runs the same recipe on a
+JobContext with its `rank`; only rank 0 reports (events, the job row, the tracker) and writes the
+output; a cancel request rank 0 reads is given to every rank at the same step (distributed.agree),
+so they stop together.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from tuneloop.spec import JobSpec, write_spec_file
-from tuneloop.training import common
+from tuneloop.training import common, distributed
 from tuneloop.training.plan import Plan
 
 if TYPE_CHECKING:
@@ -31,7 +36,8 @@ if TYPE_CHECKING:
 class JobContext:
     """What a recipe gets from its job: the store it reports to (passed in, never opened here),
     the job row, its spec and plan, the model to start from, and the tracker (MLflow or none).
-    `cancelled` turns true when the job callback finds a cancel request."""
+    `cancelled` turns true when the job callback finds a cancel request. `rank` is this process's
+    among the job's (0 when it runs on one); the other ranks get no store (None) and no tracker."""
 
     store: Store
     job: dict[str, Any]
@@ -42,6 +48,11 @@ class JobContext:
     models_dir: Path                          # where built-in and local judge models live
     tracker: Any                              # log_metrics(step, metrics), see tuneloop.tracking
     cancelled: bool = False
+    rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
 
     @property
     def job_id(self) -> str:
@@ -70,8 +81,9 @@ class JobContext:
         return self.work / "output"
 
     def event(self, message: str, **kwargs: Any) -> None:
-        """An event on the job (level=, type=, data= as Store.add_event takes them)."""
-        self.store.add_event(self.job_id, message, **kwargs)
+        """An event on the job (level=, type=, data= as Store.add_event takes them); rank 0's only."""
+        if self.is_main:
+            self.store.add_event(self.job_id, message, **kwargs)
 
 
 @dataclass
@@ -154,6 +166,8 @@ class Recipe:
         metrics, versions); both spec copies are the job's one spec record (spec.spec_record)."""
         ctx, job = self.ctx, self.ctx.job
         out_dir = ctx.output_dir
+        if not ctx.is_main:   # rank 0 writes the output; the others' result is not used
+            return RecipeResult(out_dir, "adapter" if ctx.lora else "full-model", metrics)
         output_type = self.save_weights(out_dir)
         record = job["spec"]                    # as submit recorded it: the row and the job's spec.json
         write_spec_file(out_dir / "tuneloop_spec.json", record)
@@ -196,6 +210,8 @@ class Recipe:
 
     def on_metrics(self, step: int, total: int, metrics: dict[str, float]) -> None:
         ctx = self.ctx
+        if not ctx.is_main:
+            return
         loss = metrics.get("loss")
         live = self.live_metrics(metrics)
         ctx.store.update_job(ctx.job_id, step=step, total_steps=total, **({"loss": loss} if loss is not None else {}),
@@ -205,9 +221,17 @@ class Recipe:
         ctx.tracker.log_metrics(step, metrics)
 
     def should_stop(self) -> bool:
-        current = self.ctx.store.get_job(self.ctx.job_id)
-        self.ctx.cancelled = bool(current and current["cancel_requested"])
-        return self.ctx.cancelled
+        """Asked at every step's end: rank 0 looks the cancel request up (at most once a second),
+        and every rank gets its answer at the same step."""
+        ctx = self.ctx
+        asked = ctx.cancelled
+        now = time.monotonic()
+        if ctx.is_main and not asked and now - getattr(self, "_last_check", 0.0) >= 1.0:
+            self._last_check = now
+            current = ctx.store.get_job(ctx.job_id)
+            asked = bool(current and current["cancel_requested"])
+        ctx.cancelled = distributed.agree(asked) if ctx.plan.num_processes > 1 else asked
+        return ctx.cancelled
 
     def on_save(self, step: int) -> None:
         self.ctx.event(f"checkpoint saved at step {step}", data={"step": step})
