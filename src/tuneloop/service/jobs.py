@@ -142,6 +142,10 @@ class JobService:
             if not dry_run:  # a GGUF is converted, a Hub model found in the cache, before any job exists
                 model.load_path()
             plan = self._plan(spec, model, staged, convert=not dry_run)
+            if plan.backend == "ray":   # the cluster's address and ray itself, before any job exists
+                from tuneloop.service.ray_backend import check_ray
+
+                notes.append(check_ray())
             if rl:
                 notes += self.row_reward_notes(spec, staged.path)
                 if dry_run:

@@ -1,0 +1,87 @@
+"""--backend ray on a real local Ray cluster (`ray start --head` on 127.0.0.1 with 2 CPUs, started
+once for the module and stopped after it): a tiny SFT job on 2 Ray Train workers completes, its
+events reach tuneloop's database through the driver, its adapter is registered; a second job is
+cancelled while it trains and its workers stop."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import DEMO_DATA, cli
+
+pytestmark = pytest.mark.slow
+RAY = Path(sys.executable).with_name("ray")
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory):
+    if not RAY.is_file():
+        pytest.fail("ray is not installed: make installs it from requirements.lock (tuneloop[ray])")
+    temp = tmp_path_factory.mktemp("ray")
+    port = 6390 + os.getpid() % 500
+    env = {**os.environ, "RAY_TMPDIR": str(temp)}
+    start = subprocess.run([str(RAY), "start", "--head", "--num-cpus", "2", "--port", str(port),
+                            "--node-ip-address", "127.0.0.1", "--include-dashboard=false", "--temp-dir", str(temp),
+                            "--disable-usage-stats"], capture_output=True, text=True, env=env, timeout=180)
+    assert start.returncode == 0, start.stdout + start.stderr
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        subprocess.run([str(RAY), "stop", "--force"], capture_output=True, env=env, timeout=120)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def tune(project: str, steps: int, *extra: str) -> list[str]:
+    return ["tune", "--technique", "sft", "--dataset", str(DEMO_DATA / "sft.jsonl"), "--project", project,
+            "--batch-size", "8", "--max-steps", str(steps), "--save-steps", "2", "--backend", "ray",
+            "--num-processes", "2", *extra]
+
+
+def test_a_job_on_ray_workers_completes_reports_and_registers(home, ray_cluster):
+    r = cli(*tune("ray", 4), "--json", env={"TUNELOOP_RAY_ADDRESS": ray_cluster}, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    job = json.loads(r.stdout)["job"]
+    assert job["state"] == "completed", job
+    log = cli("logs", job["id"], "--project", "ray").stdout
+    assert f"connected to the Ray cluster at {ray_cluster}" in log and "2 Ray Train workers" in log, log
+    assert log.count("training started on cpu") == 1 and "step 4/4: loss=" in log, log   # rank 0 only
+    series = json.loads(cli("metrics", job["id"], "--project", "ray", "--json").stdout)["series"]["loss"]
+    assert [p["step"] for p in series] == [1, 2, 3, 4]
+    [pkg] = json.loads(cli("registry", "list", "--project", "ray", "--json").stdout)
+    assert pkg["job_id"] == job["id"] and (Path(job["output_path"]) / "adapter_model.safetensors").is_file()
+
+
+def test_without_an_address_the_ray_backend_is_refused_before_any_job(home):
+    r = cli(*tune("noaddr", 4), env={"TUNELOOP_RAY_ADDRESS": ""})
+    assert r.returncode == 1 and "TUNELOOP_RAY_ADDRESS" in r.stderr, r.stderr
+    assert json.loads(cli("status", "--project", "noaddr", "--json").stdout) == []
+
+
+def test_cancel_stops_the_ray_job(home, ray_cluster):
+    r = cli(*tune("raycancel", 5000), "--no-wait", env={"TUNELOOP_RAY_ADDRESS": ray_cluster})
+    assert r.returncode == 0, r.stderr
+    [job] = json.loads(cli("status", "--project", "raycancel", "--json").stdout)
+    deadline = time.monotonic() + 300
+    while json.loads(cli("status", job["id"], "--project", "raycancel", "--json").stdout)["step"] < 2:
+        assert time.monotonic() < deadline, cli("logs", job["id"], "--project", "raycancel").stdout
+        time.sleep(0.5)
+    assert cli("cancel", job["id"], "--project", "raycancel").returncode == 0
+    deadline = time.monotonic() + 120
+    while (state := json.loads(cli("status", job["id"], "--project", "raycancel", "--json").stdout))["state"] \
+            == "running":
+        assert time.monotonic() < deadline, "the Ray job did not stop"
+        time.sleep(0.5)
+    assert state["state"] == "cancelled" and state["step"] < 5000 and state["output_path"] is None, state
+    deadline = time.monotonic() + 60   # the driver disconnects and exits; its controller and workers go with it
+    while subprocess.run(["pgrep", "-f", f"tuneloop.service.runner {job['id']}"], capture_output=True).returncode == 0:
+        assert time.monotonic() < deadline, "the driver of a cancelled Ray job is still running"
+        time.sleep(0.5)
+    assert json.loads(cli("registry", "list", "--project", "raycancel", "--json").stdout) == []
