@@ -14,6 +14,7 @@ from tuneloop.cli import evaluate, evaluators
 from tuneloop.cli import deploy, serve
 from tuneloop.cli import export
 from tuneloop.cli import keys
+from tuneloop.cli import ui
 
 app = typer.Typer(name="tuneloop", help="Self-hosted model customization: tune -> adapter -> deploy -> test.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -37,6 +38,7 @@ app.command("deploy")(deploy.deploy)
 app.command("deployment")(deploy.deployment)
 app.command("export")(export.export)
 app.add_typer(keys.app, name="keys")
+app.command("ui")(ui.ui)
 
 
 @app.command("demo")

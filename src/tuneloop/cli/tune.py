@@ -165,23 +165,7 @@ def _render_dry_run(prep, as_json: bool) -> None:
     print(f"\nDataset: {prep.staged.rows} rows, sha256 {prep.staged.sha256[:16]}")
     print("\nPlan:")
     p = prep.plan
-    rows = [
-        ("device", f"{p.device} x{p.world_size}" + (f" ({p.threads} threads)" if p.threads else "")),
-        ("precision", p.precision),
-        ("batch", f"{p.per_device_batch} per device x {p.grad_accum} accumulation x {p.world_size} = {p.global_batch}"),
-        ("gradient checkpointing", "on" if p.gradient_checkpointing else "off"),
-        ("steps", f"{p.total_steps} ({p.epochs} epochs x {p.steps_per_epoch}), checkpoint every {p.save_steps}"),
-        ("learning rate", f"{p.learning_rate:g}"),
-        ("max length", str(p.max_length)),
-    ]
-    if p.lora_rank:
-        rows.append(("lora", f"rank {p.lora_rank}, alpha {p.lora_alpha}"))
-    if p.num_generations:
-        rows += [("generations", f"{p.num_generations} per prompt, {p.global_batch // p.num_generations} prompts "
-                                 "per step"),
-                 ("lengths", f"prompt <= {p.max_prompt_length}, response <= {p.max_response_length} tokens"),
-                 ("sampling / KL / clip", f"temperature {p.temperature:g}, kl {p.kl_coef:g}, clip {p.clip_ratio:g}")]
-    rows += [("est. peak memory", f"{p.est_peak_memory_gb:.2f} GiB"), ("est. time", f"{p.est_time_s:.0f} s")]
+    rows = p.summary_rows()
     for k, v in rows:
         print(f"  {k:<24}{v}")
     for n in p.notes:

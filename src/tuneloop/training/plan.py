@@ -160,6 +160,30 @@ class Plan:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def summary_rows(self) -> list[tuple[str, str]]:
+        """The plan as (what, value) rows: `tune --dry-run` prints them, the web UI's plan shows them."""
+        rows = [
+            ("device", f"{self.device} x{self.world_size}" + (f" ({self.threads} threads)" if self.threads else "")),
+            ("precision", self.precision),
+            ("batch", f"{self.per_device_batch} per device x {self.grad_accum} accumulation x {self.world_size} = "
+                      f"{self.global_batch}"),
+            ("gradient checkpointing", "on" if self.gradient_checkpointing else "off"),
+            ("steps", f"{self.total_steps} ({self.epochs} epochs x {self.steps_per_epoch}), checkpoint every "
+                      f"{self.save_steps}"),
+            ("learning rate", f"{self.learning_rate:g}"),
+            ("max length", str(self.max_length)),
+        ]
+        if self.lora_rank:
+            rows.append(("lora", f"rank {self.lora_rank}, alpha {self.lora_alpha}"))
+        if self.num_generations:
+            rows += [("generations", f"{self.num_generations} per prompt, {self.global_batch // self.num_generations} "
+                                     "prompts per step"),
+                     ("lengths", f"prompt <= {self.max_prompt_length}, response <= {self.max_response_length} tokens"),
+                     ("sampling / KL / clip", f"temperature {self.temperature:g}, kl {self.kl_coef:g}, "
+                                              f"clip {self.clip_ratio:g}")]
+        return rows + [("est. peak memory", f"{self.est_peak_memory_gb:.2f} GiB"),
+                       ("est. time", f"{self.est_time_s:.0f} s")]
+
 
 def detect_hardware() -> Hardware:
     import psutil

@@ -1,0 +1,63 @@
+"""tuneloop ui: the FastAPI app of the web UI (`create_ui`), one router per page family.
+
+    app = create_ui(open_services(), project="default", token=None)   # token None: no login (localhost)
+    uvicorn.run(app, host="127.0.0.1", port=8600)
+    # or inside another app, e.g. tuneloop serve:  server_app.mount("/ui", create_ui(services))
+
+Errors are the services' `TuneloopError`s, rendered once here as a page with the message, its
+details (a dataset's bad lines) and the fix, with the error's HTTP status.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import PlainTextResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
+
+from tuneloop.errors import TuneloopError
+from tuneloop.ui import auth, datasets, jobs, pages, stream
+from tuneloop.ui.render import STATIC, UIState, render
+
+
+def create_ui(services: Any, *, project: str | None = None, token: str | None = None,
+              api_key: str | None = None) -> FastAPI:
+    """The UI over `services` (`open_services()`). `token`: required from every viewer (`?token=`
+    once, then a cookie) besides the project API keys; None lets everyone in (localhost)."""
+    from tuneloop.settings import resolve_project
+
+    project = resolve_project(project)
+    app = FastAPI(title="tuneloop ui", docs_url=None, redoc_url=None, openapi_url=None)
+    keys = services.keys if token is not None else None
+    app.state.ui = UIState(services, project, auth.Access(token, keys, project, api_key), api_key,
+                           Path(services.settings.home) / "ui-uploads")
+    app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
+    app.include_router(auth.router)
+    guarded = [Depends(auth.require_viewer)]
+    for module in (pages, datasets, jobs, stream):
+        app.include_router(module.router, dependencies=guarded)
+    app.add_exception_handler(TuneloopError, _error_page)
+    app.add_exception_handler(auth.LoginRequired, _login)
+    app.add_exception_handler(auth.StartSession, _start_session)
+    return app
+
+
+def _error_page(request: Request, exc: TuneloopError):
+    if request.url.path.endswith("/stream"):
+        return PlainTextResponse(exc.message, status_code=exc.http_status)
+    return render(request, "error.html", exc.http_status, error=exc)
+
+
+def _login(request: Request, exc: auth.LoginRequired):
+    if request.url.path.endswith("/stream"):
+        return PlainTextResponse("Log in first: open the address `tuneloop ui` printed (it carries ?token=).",
+                                 status_code=401)
+    return auth.login_page(request)
+
+
+def _start_session(request: Request, exc: auth.StartSession):
+    response = RedirectResponse(exc.location, status_code=303)
+    auth.set_cookie(request, response, exc.sid)
+    return response

@@ -1,0 +1,115 @@
+"""The new-job form: its fields (the advanced ones generated from `tuneloop.spec`'s knob registry,
+like the CLI's `tune` options), the `TuneRequest` a filled form becomes, and the `tuneloop tune`
+command that asks for the same job."""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+from typing import Any
+
+from tuneloop.catalog import RL_TECHNIQUES, TECHNIQUES, TRAINING_TYPES
+from tuneloop.errors import ValidationError
+from tuneloop.spec import HYPERPARAMETERS, TuneRequest
+
+# the form's own fields besides the knobs: name -> (CLI flag, kind)
+FIELDS = {
+    "technique": ("--technique", "str"), "dataset": ("--dataset", "str"), "training_type": ("--training-type", "str"),
+    "model": ("--model", "str"), "validation_split": ("--validation-split", "float"), "take": ("--take", "int"),
+    "reward_function": ("--reward-function", "str"), "reward_prompt": ("--reward-prompt", "str"),
+    "judge_model": ("--judge-model", "str"),
+}
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One advanced field: a registry hyperparameter as a form control."""
+
+    name: str
+    flag: str
+    help: str
+    scope: str
+    kind: str                  # int | float | choice
+    min: float
+    max: float
+    choices: tuple[str, ...]
+    default: Any               # for the chosen technique and training type (None: the planner decides)
+    applies: bool
+
+
+def knobs(technique: str, training_type: str) -> list[Knob]:
+    out = []
+    for hp in HYPERPARAMETERS.values():
+        applies = hp.applies(technique, training_type)
+        kind = "choice" if hp.choices else hp.type.__name__
+        out.append(Knob(hp.name, hp.cli_flag, hp.help, hp.scope, kind, hp.min, hp.max, hp.choices,
+                        hp.default_for(technique, training_type) if applies else None, applies))
+    return out
+
+
+def values_of(form: dict[str, str]) -> dict[str, str]:
+    """The form's non-empty values, stripped (fields and knobs by name; `model_other` and
+    `dataset_other` win over the lists)."""
+    vals = {k: v.strip() for k, v in form.items() if isinstance(v, str) and v.strip()}
+    for key in ("model", "dataset"):
+        if vals.get(f"{key}_other"):
+            vals[key] = vals[f"{key}_other"]
+    vals.setdefault("technique", "sft")
+    vals.setdefault("training_type", "lora")
+    return vals
+
+
+def _number(name: str, flag: str, text: str, kind: str) -> int | float:
+    try:
+        return int(text) if kind == "int" else float(text)
+    except ValueError:
+        raise ValidationError(f"{flag} must be {'an integer' if kind == 'int' else 'a number'}, got {text!r}.",
+                              hint=f"Correct the field {name} ({flag}).", param=name) from None
+
+
+def tune_request(vals: dict[str, str], project: str) -> TuneRequest:
+    """The request the CLI's `tune` builds from the same flags (its checks run in `prepare`)."""
+    if vals.get("technique") not in TECHNIQUES:
+        raise ValidationError(f"Pick a technique: {', '.join(TECHNIQUES)}.", param="technique")
+    if vals.get("training_type") not in TRAINING_TYPES:
+        raise ValidationError(f"Pick a training type: {', '.join(TRAINING_TYPES)}.", param="training_type")
+    if not vals.get("dataset"):
+        raise ValidationError("Pick a dataset.", hint="Upload one on the Datasets page, or give a file path on this "
+                              "machine.", param="dataset")
+    hyper: dict[str, Any] = {}
+    for hp in HYPERPARAMETERS.values():
+        text = vals.get(hp.name)
+        if text is not None:
+            hyper[hp.name] = text if hp.choices else _number(hp.name, hp.cli_flag, text, hp.type.__name__)
+    t = vals["technique"]
+    split = vals.get("validation_split")
+    take = vals.get("take")
+    return TuneRequest(
+        technique=t, dataset=vals["dataset"], training_type=vals["training_type"], model=vals.get("model"),
+        project=project, hyperparameters=hyper,
+        validation_split=_number("validation_split", "--validation-split", split, "float") if split else None,
+        take=int(_number("take", "--take", take, "int")) if take else None,
+        reward_function=vals.get("reward_function") if t == "rlvr" else None,
+        reward_prompt=vals.get("reward_prompt") if t == "rlaif" else None,
+        judge_model=vals.get("judge_model") if t == "rlaif" else None)
+
+
+def command(vals: dict[str, str], project: str, force: bool = False) -> str:
+    """`tuneloop tune ...` with the same flags, in the form's order (only what was given)."""
+    parts = ["tuneloop", "tune"]
+    rl = vals.get("technique") in RL_TECHNIQUES
+    for name, (flag, _) in FIELDS.items():
+        value = vals.get(name)
+        if value is None or (name == "training_type" and value == "lora"):
+            continue
+        if name in ("reward_function", "reward_prompt", "judge_model") and not rl:
+            continue
+        parts += [flag, value]
+    for hp in HYPERPARAMETERS.values():
+        if vals.get(hp.name) is not None:
+            parts += [hp.cli_flag, vals[hp.name]]
+    if project != "default":
+        parts += ["--project", project]
+    if force:
+        parts.append("--force")
+    return " ".join(shlex.quote(p) for p in parts)

@@ -1,0 +1,150 @@
+"""The web UI over HTTP (FastAPI's TestClient on `create_ui`): every page renders on the server,
+an upload's bad lines come back with their line numbers and fix, the plan shows its estimates and
+the equivalent command, a started job streams its events (SSE) to the end and is registered, and
+the token / API-key login holds beyond localhost."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.conftest import DEMO_DATA
+
+PAGES = ("/", "/datasets", "/jobs", "/jobs/new", "/registry", "/playground")
+BAD = b'{"prompt": "What is 2+2?", "completion": "4"}\n{"prompt": "no answer here"}\nnot json\n'
+
+
+@pytest.fixture
+def client(home):
+    from tuneloop.service.app import open_services
+    from tuneloop.ui import create_ui
+
+    return TestClient(create_ui(open_services()))
+
+
+def upload(client, name: str, filename: str, body: bytes, technique: str = "sft"):
+    return client.post("/datasets", files={"file": (filename, body)}, data={"name": name, "technique": technique})
+
+
+def test_every_page_renders_on_the_server_with_labelled_controls(client):
+    for path in PAGES:
+        r = client.get(path)
+        assert r.status_code == 200, (path, r.text[:500])
+        assert "<h1>" in r.text and 'href="/static/app.css"' in r.text
+        ids = set(re.findall(r'<label for="([^"]+)"', r.text))
+        controls = re.findall(r'<(?:input|select|textarea)\b(?![^>]*type="hidden")[^>]*\bid="([^"]+)"', r.text)
+        assert set(controls) <= ids, (path, set(controls) - ids)
+    assert client.get("/static/curves.js").status_code == 200
+    assert "cdn" not in client.get("/jobs/new").text.lower()
+
+
+def test_new_job_fields_come_from_the_spec_registry(client):
+    from tuneloop.spec import HYPERPARAMETERS
+
+    page = client.get("/jobs/new").text
+    for hp in HYPERPARAMETERS.values():
+        assert f'name="{hp.name}"' in page and hp.cli_flag in page, hp.name
+    assert "tuneloop/tiny-qwen3" in page and "(built-in, offline)" in page
+
+
+def test_a_bad_upload_names_each_line_and_stores_nothing(client, home):
+    r = upload(client, "facts", "facts.jsonl", BAD)
+    assert r.status_code == 400
+    assert "facts.jsonl:2: missing column &#39;completion&#39;" in r.text
+    assert "facts.jsonl:3: column 1: invalid JSON" in r.text
+    assert "How to fix it" in r.text and "Fix the records above" in r.text
+    assert "No datasets yet" in r.text
+    assert not any((home / "ui-uploads").iterdir())  # the upload itself is not kept
+
+
+def test_upload_then_plan_then_run_to_the_registry(client):
+    r = upload(client, "facts", "facts.jsonl", (DEMO_DATA / "sft.jsonl").read_bytes())
+    assert r.status_code == 200 and "Stored facts@v1" in r.text
+    form = {"model": "tuneloop/tiny-qwen3", "technique": "sft", "training_type": "lora", "dataset": "facts",
+            "max_steps": "4", "learning_rate": "1e-3"}
+    plan = client.post("/jobs/new", data=form | {"action": "plan"})
+    assert plan.status_code == 200, plan.text[-2000:]
+    assert "est. peak memory" in plan.text and "est. time" in plan.text
+    assert ("tuneloop tune --technique sft --dataset facts --model tuneloop/tiny-qwen3 --learning-rate 1e-3 "
+            "--max-steps 4") in plan.text
+    assert "Start this job" in plan.text
+    assert client.get("/jobs").text.count("/jobs/sft-") == 0   # a plan creates nothing
+
+    started = client.post("/jobs/new", data=form | {"action": "start"}, follow_redirects=False)
+    assert started.status_code == 303, started.text[-2000:]
+    job_url = started.headers["location"].split("?")[0]
+    job_id = job_url.rsplit("/", 1)[1]
+    assert job_id in client.get("/jobs").text
+
+    kinds, steps, end = [], [], None
+    with client.stream("GET", f"{job_url}/stream") as stream:
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        event = None
+        for line in stream.iter_lines():
+            if line.startswith("event: "):
+                event = line[7:]
+                kinds.append(event)
+            elif line.startswith("data: ") and event == "metrics":
+                steps.append(json.loads(line[6:]).get("step"))
+            elif line.startswith("data: ") and event == "end":
+                end = json.loads(line[6:])
+    assert end and end["state"] == "completed", kinds
+    assert "message" in kinds and "job" in kinds and kinds[-1] == "end"
+    assert 4 in steps
+
+    page = client.get(job_url).text
+    assert "completed" in page and "tune-models v1" in page
+    assert re.search(r'<polyline points="[\d., ]+" class="line"/>', page)   # the curve, drawn on the server
+    again = client.get(f"{job_url}/stream?after=999999999")        # nothing after the end: one state, then end
+    assert [l for l in again.text.splitlines() if l.startswith("event:")] == ["event: job", "event: end"]
+    registry = client.get("/registry").text
+    assert "tune-models v1" in registry and job_id in registry and "tuneloop/tiny-qwen3" in registry
+
+
+def test_the_playground_says_how_to_start_a_server(client):
+    page = client.get("/playground").text
+    assert "No server is running for project default" in page and "tuneloop serve --project default" in page
+
+
+def test_beyond_localhost_a_token_or_a_project_key_is_asked_for(home):
+    from tuneloop.service.app import open_services
+    from tuneloop.ui import create_ui
+
+    services = open_services()
+    _, key = services.keys.create("team-a")
+    c = TestClient(create_ui(services, token="s3cret-token"))
+    r = c.get("/jobs")
+    assert r.status_code == 401 and 'for="secret"' in r.text
+    assert c.get("/jobs?token=wrong").status_code == 401
+    assert c.get("/static/app.css").status_code == 200          # the login page needs its stylesheet
+    r = c.get("/jobs?token=s3cret-token", follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/jobs"
+    assert "httponly" in r.headers["set-cookie"].lower() and "samesite=lax" in r.headers["set-cookie"].lower()
+    assert c.get("/jobs").status_code == 200                      # the cookie from now on
+    assert "project: <strong>default</strong>" in c.get("/").text
+
+    k = TestClient(create_ui(services, token="s3cret-token"))
+    assert k.post("/login", data={"secret": "nope", "next": "/"}).status_code == 401
+    r = k.post("/login", data={"secret": key, "next": "/registry"}, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/registry"
+    assert "project: <strong>team-a</strong>" in k.get("/").text   # a key shows its own project
+    assert TestClient(create_ui(services, token="t")).get("/", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+    services.keys.revoke(services.keys.list("team-a")[0]["id"])
+    assert TestClient(create_ui(services, token="t")).get("/", headers={"Authorization": f"Bearer {key}"}).status_code == 401
+
+
+def test_mounted_under_a_prefix_every_link_keeps_it(home):
+    from fastapi import FastAPI
+
+    from tuneloop.service.app import open_services
+    from tuneloop.ui import create_ui
+
+    outer = FastAPI()
+    outer.mount("/ui", create_ui(open_services()))
+    c = TestClient(outer)
+    page = c.get("/ui/jobs/new").text
+    assert 'href="/ui/static/app.css"' in page and 'action="/ui/jobs/new"' in page and 'href="/ui/datasets"' in page
+    assert c.get("/ui/static/curves.js").status_code == 200
