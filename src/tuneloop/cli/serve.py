@@ -1,6 +1,6 @@
 """tuneloop serve: the OpenAI-compatible server; tuneloop test: ask it, beside the base model.
 
-    tuneloop serve [--model BASE] [--host 127.0.0.1] [--port 8000] [--api-key KEY]
+    tuneloop serve [--model BASE] [--host 127.0.0.1] [--port 8000] [--api-key KEY] [--workers N]
     tuneloop test --model tuned-sft --prompt "What is the capital of France?"
     tuneloop test --model tuned-sft --dataset train.jsonl --samples 5
 """
@@ -48,9 +48,15 @@ def serve(model: Optional[str] = typer.Option(None, "--model", help="Base model:
           allow_remote_weights: bool = typer.Option(
               False, "--allow-remote-weights", help="Let requests name URLs (https://, s3://, hf://) as lora_path / "
               "model_path (env TUNELOOP_ALLOW_REMOTE_WEIGHTS=1); http(s) hosts must pass the URL guard."),
+          workers: int = typer.Option(1, "--workers", min=0, max=64,
+                                      help="Fine-tuning jobs created through the API that train at once (each in "
+                                      "its own runner process); 0: this server only queues them."),
           project: Optional[str] = PROJECT) -> None:
-    """Serve the base model, its adapters and inference components (OpenAI-compatible)."""
-    from tuneloop.serving.limits import Limits  # starlette: not on the CLI's light paths
+    """Serve the base model, its adapters and inference components (OpenAI-compatible), and the
+    OpenAI fine-tuning API (files, jobs, events, checkpoints, graders) on the same port."""
+    from tuneloop.api.mount import api_extensions   # starlette, FastAPI: not on the CLI's light paths
+    from tuneloop.service.app import open_services
+    from tuneloop.serving.limits import Limits
 
     def say(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
@@ -59,7 +65,7 @@ def serve(model: Optional[str] = typer.Option(None, "--model", help="Base model:
         model=model, host=host, port=port, api_key=api_key, engine_kind=engine, max_batch=max_batch,
         batch_window_ms=batch_window_ms, default_max_tokens=max_tokens, threads=threads,
         limits=Limits(max_request_bytes, max_request_tokens), model_roots=tuple(model_roots or ()),
-        allow_remote_weights=allow_remote_weights, say=say))
+        allow_remote_weights=allow_remote_weights, extensions=api_extensions(open_services(), workers), say=say))
 
 
 def read_prompts(path: str, samples: int) -> list[tuple[str, str | None]]:

@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # the services import the libraries they drive; load them whe
     from tuneloop.service.evaluators import EvaluatorService
     from tuneloop.service.jobs import JobService
     from tuneloop.service.deployments import DeploymentService
+    from tuneloop.service.finetuning import FineTuningService
     from tuneloop.service.keys import KeyService
 
 
@@ -67,6 +68,13 @@ class Services:
         from tuneloop.service.keys import KeyService
 
         return KeyService(self.store, self.settings)
+
+    @cached_property
+    def finetuning(self) -> "FineTuningService":
+        """The OpenAI fine-tuning API's files, jobs, events, checkpoints and ft: models."""
+        from tuneloop.service.finetuning import FineTuningService
+
+        return FineTuningService(self.store, self.settings, self.jobs)
 
     def deployments(self, project: str, api_key: str | None = None) -> "DeploymentService":
         """A project's deployment state, `tuneloop serve`, and its server's admin calls."""

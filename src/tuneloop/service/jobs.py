@@ -23,7 +23,7 @@ from typing import Any
 from tuneloop.catalog import RL_TECHNIQUES, TECHNIQUES, normalize_technique, normalize_training_type
 from tuneloop.data.lengths import token_stats
 from tuneloop.data.stage import StageResult, stage_dataset
-from tuneloop.errors import JobFailedError, NotFoundError, ValidationError
+from tuneloop.errors import ConflictError, JobFailedError, NotFoundError, ValidationError
 from tuneloop.processes import pid_alive
 from tuneloop.models.resolve import ModelLookups, ModelRef, resolve
 from tuneloop.models.shape import model_shape
@@ -141,7 +141,7 @@ class JobService:
         try:
             if not dry_run:  # a GGUF is converted, a Hub model found in the cache, before any job exists
                 model.load_path()
-            plan = self._plan(spec, model, staged, convert=not dry_run)
+            plan = self.plan_for(spec, model, staged, convert=not dry_run)
             if plan.backend == "ray":   # the cluster's address and ray itself, before any job exists
                 from tuneloop.service.ray_backend import check_ray
 
@@ -192,7 +192,8 @@ class JobService:
                                            f"rows held out (seed {seed})"]
         return staged, validation
 
-    def _plan(self, spec: JobSpec, model: ModelRef, staged: StageResult, convert: bool = True) -> Plan:
+    def plan_for(self, spec: JobSpec, model: ModelRef, staged: StageResult, convert: bool = True) -> Plan:
+        """The planner on a prepared job's model and staged data (the API re-plans a scaled learning rate)."""
         folder = model.local_folder(convert=convert)   # a dry run plans a GGUF from its header
         parameters = model.entry.parameters if model.entry else 0
         shape = model_shape(folder, parameters, gguf=model.gguf)
@@ -315,15 +316,30 @@ class JobService:
             hint=f"Fix the cause, then start a new job with --force:\n  tuneloop tune --technique "
                  f"{job['technique']} --dataset {shlex.quote(prep.spec.dataset)} --force")
 
-    def _create(self, prep: Prepared, staging: Path) -> dict[str, Any] | None:
+    def create_api_job(self, prep: Prepared, name: str) -> dict[str, Any]:
+        """A queued job named `name` for the fine-tuning API: any number may be active per technique
+        (no idempotency per technique: the API's own Idempotency-Key is its), the project's config
+        state is left to `tune`, and no runner starts here (`tuneloop serve --workers` starts it)."""
+        staging = prep.staged.path.parent
+        try:
+            job = self._create(prep, staging, name=name, active_key=None)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        if job is None:
+            raise ConflictError(f"A job named {name} exists already.", hint="Retry the request.")
+        return job
+
+    def _create(self, prep: Prepared, staging: Path, name: str | None = None,
+                active_key: str | None | bool = True) -> dict[str, Any] | None:
         spec = prep.spec
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        base = f"{spec.project}-tune-{spec.technique}-{stamp}"
-        name = base
-        n = 1
-        while self.store.get_job(name) is not None:
-            n += 1
-            name = f"{base}-{n}"
+        if name is None:
+            stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+            base = f"{spec.project}-tune-{spec.technique}-{stamp}"
+            name = base
+            n = 1
+            while self.store.get_job(name) is not None:
+                n += 1
+                name = f"{base}-{n}"
         job_dir = self.settings.jobs_dir(spec.project) / name
         (job_dir / "data").mkdir(parents=True, exist_ok=True)
         for f in staging.glob("*.jsonl"):
@@ -335,9 +351,15 @@ class JobService:
                    model=spec.model, dataset=spec.dataset, spec=spec_dict,
                    plan=prep.plan.to_dict(), job_dir=str(job_dir), dataset_sha256=prep.staged.sha256,
                    dataset_rows=prep.staged.rows, total_steps=prep.plan.total_steps)
+        if active_key is not True:
+            row["active_key"] = active_key
         if not self.store.insert_job(row):
             shutil.rmtree(job_dir, ignore_errors=True)
             return None
+        if active_key is not True:   # an API job: the per-technique config state stays the CLI's
+            self.store.add_event(name, f"job created: {spec.technique} {spec.training_type} on {spec.model}, "
+                                       f"{prep.staged.rows} rows ({prep.staged.sha256[:12]})")
+            return self.store.get_job(name)
         slug = dataset_slug(spec.dataset)
         t = _key(spec.technique)
         self.store.set_config(spec.project, {

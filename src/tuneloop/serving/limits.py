@@ -48,13 +48,14 @@ class BodyLimit:
     """Pure ASGI middleware: a request body over `max_bytes` is answered 413 before the app sees
     it. A Content-Length over the limit is refused without reading a byte; a body without one
     (chunked) is counted as it arrives and reading stops at the limit (the server discards the
-    rest). Bodies within the limit are buffered once and replayed to the app."""
+    rest). Bodies within the limit are buffered once and replayed to the app. `streamed` paths
+    (file uploads) pass untouched: their route streams the body to disk under its own limit."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app: ASGIApp, max_bytes: int, streamed: tuple[str, ...] = ()) -> None:
+        self.app, self.max_bytes, self.streamed = app, max_bytes, streamed
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or (scope.get("path") in self.streamed and scope.get("method") == "POST"):
             return await self.app(scope, receive, send)
         declared = _content_length(scope)
         if declared is not None and declared > self.max_bytes:

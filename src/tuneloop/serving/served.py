@@ -15,6 +15,7 @@ loading weights): the admin routes run them in a worker thread.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol
@@ -62,11 +63,38 @@ class Deployment(Protocol):
         """Record that the server `pid` stopped."""
 
 
+class OnDemand(Protocol):
+    """Models the server loads when a request first names them, owned by a project: the fine-tuning
+    API's `ft:` models and checkpoints (service/finetuning.py implements it)."""
+
+    prefix: str
+
+    def find(self, name: str, project: str) -> tuple[str, str] | None:
+        """(folder, "adapter" | "model") of `name` when it exists and is `project`'s; else None."""
+
+    def names(self, project: str) -> list[str]:
+        """The names `project` may ask for (listed by /v1/models)."""
+
+
 class ServedModels:
     def __init__(self, engine: Engine, deployment: Deployment | None = None,
                  weights: WeightPolicy | None = None) -> None:
         self.engine, self.deployment = engine, deployment
         self.weights = weights if weights is not None else WeightPolicy.configured(load_settings())
+        self._on_demand_lock = threading.Lock()
+
+    def load_on_demand(self, name: str, path: str, kind: str) -> None:
+        """Load an on-demand model (the tuneloop-made folder the OnDemand found; not recorded: it is
+        found again after a restart); a second request racing for it finds it loaded."""
+        with self._on_demand_lock:
+            if any(m["id"] == name for m in self.engine.models()):
+                return
+            if kind == "adapter":
+                check_adapter(path, base_name=self.engine.base.name, base_folder=self._base_folder())
+                self.engine.load_adapter(name, path)
+            else:
+                check_full_model(path)
+                self.engine.add_model(name, path)
 
     def _base_folder(self) -> Path | None:
         base = Path(self.engine.base.path)

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import uvicorn
@@ -36,24 +38,45 @@ from tuneloop.serving.engine import BaseModel, GeneratingEngine, choose_engine
 from tuneloop.serving.limits import BodyLimit, Limits
 from tuneloop.serving.routes import admin, health, openai
 from tuneloop.serving.routes.auth import KeyCheck
-from tuneloop.serving.served import Deployment, ServedModels
+from tuneloop.serving.served import Deployment, OnDemand, ServedModels
 from tuneloop.serving.vllm_engine import VLLMEngine
 from tuneloop.serving.weights import WeightPolicy
+
+
+@dataclass
+class Extensions:
+    """What an edge adds to the server (`tuneloop serve`: the fine-tuning API, api/): its routers,
+    the models made on demand (`ft:`), work run in threads while the server runs (each is called
+    with a threading.Event set at shutdown), and the POST paths whose bodies the routes stream
+    themselves under their own limit (uploads)."""
+
+    routers: list[Any] = field(default_factory=list)
+    on_demand: OnDemand | None = None
+    background: list[Callable[[threading.Event], None]] = field(default_factory=list)
+    streamed: tuple[str, ...] = ()
 
 
 def create_app(engine: GeneratingEngine, *, deployment: Deployment | None = None,
                api_key: str | None = None, info: dict[str, Any] | None = None,
                default_max_tokens: int = DEFAULT_MAX_TOKENS, on_ready: Callable[[], None] | None = None,
                limits: Limits = Limits(), weights: WeightPolicy | None = None,
-               keys: KeyCheck | None = None) -> FastAPI:
+               keys: KeyCheck | None = None, extensions: Extensions | None = None) -> FastAPI:
     """The app serving `engine`; with `deployment`, what the admin routes change is recorded; with
     `keys`, the database's project keys are accepted besides `api_key` (routes/auth.py)."""
+    ext = extensions or Extensions()
 
     @asynccontextmanager
     async def lifespan(_app):
+        stop = threading.Event()
+        threads = [threading.Thread(target=work, args=(stop,), daemon=True) for work in ext.background]
+        for t in threads:
+            t.start()
         if on_ready is not None:
             on_ready()
-        yield
+        try:
+            yield
+        finally:
+            stop.set()
 
     app = FastAPI(title="tuneloop", docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.engine = engine
@@ -64,12 +87,13 @@ def create_app(engine: GeneratingEngine, *, deployment: Deployment | None = None
     app.state.keys = keys
     app.state.info = dict(info or {})
     app.state.created = int(time.time())
-    for router in (health.router, openai.router, admin.router):
+    app.state.on_demand = ext.on_demand
+    for router in (health.router, openai.router, admin.router, *ext.routers):
         app.include_router(router)
     # TuneloopError through the ExceptionMiddleware (no traceback: a user error); Exception last
     for exc_class in (TuneloopError, RequestValidationError, HTTPException, Exception):
         app.add_exception_handler(exc_class, _error)
-    app.add_middleware(BodyLimit, max_bytes=limits.max_request_bytes)
+    app.add_middleware(BodyLimit, max_bytes=limits.max_request_bytes, streamed=ext.streamed)
     return app
 
 
@@ -91,7 +115,8 @@ def port_free(host: str, port: int) -> bool:
 def run(deployment: Deployment, name: str, path: str, deployed: list[dict[str, Any]], *, host: str, port: int,
         api_key: str | None, weights: WeightPolicy, engine_kind: str = "auto", max_batch: int = 32,
         batch_window_ms: float = 10.0, default_max_tokens: int = DEFAULT_MAX_TOKENS, threads: int | None = None,
-        limits: Limits = Limits(), keys: KeyCheck | None = None, say: Callable[[str], None] = print) -> int:
+        limits: Limits = Limits(), keys: KeyCheck | None = None, extensions: Extensions | None = None,
+        say: Callable[[str], None] = print) -> int:
     """Serve base `name` (loaded from `path`) and the `deployed` records until interrupted, recording
     through `deployment`; returns the exit code."""
     kind = choose_engine(engine_kind)
@@ -99,6 +124,8 @@ def run(deployment: Deployment, name: str, path: str, deployed: list[dict[str, A
     if kind == "vllm":
         if keys is not None and keys.required():
             say("⚠️  vLLM checks only --api-key: the keys from `tuneloop keys create` are not accepted by it.")
+        if extensions is not None and extensions.routers:
+            say("⚠️  vLLM serves the inference API only: the fine-tuning API needs --engine transformers.")
         return _serve_vllm(deployment, base, deployed, host, port, api_key, say)
 
     from tuneloop.serving.hf_engine import TransformersEngine  # torch and transformers load here
@@ -117,7 +144,7 @@ def run(deployment: Deployment, name: str, path: str, deployed: list[dict[str, A
 
         app = create_app(engine, deployment=deployment, api_key=api_key, info=info,
                          default_max_tokens=default_max_tokens, on_ready=ready, limits=limits, weights=weights,
-                         keys=keys)
+                         keys=keys, extensions=extensions)
         app.state.served.restore(deployed, say)
         return _run_uvicorn(app, deployment, host, port)
     finally:

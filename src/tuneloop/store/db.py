@@ -6,13 +6,13 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Callable
 
-from sqlalchemy import (JSON, Boolean, Column, DateTime, Float, ForeignKey, Integer, MetaData, String, Table, Text,
-                        UniqueConstraint, create_engine, event, select)
+from sqlalchemy import (JSON, Boolean, Column, DateTime, Float, ForeignKey, Index, Integer, MetaData, String, Table,
+                        Text, UniqueConstraint, create_engine, event, select)
 from sqlalchemy.engine import Connection, Engine
 
 from tuneloop.errors import ConfigError
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 metadata = MetaData()
 
 
@@ -265,6 +265,8 @@ fine_tuning_jobs = Table(
     Column("error", JSON),                                   # {code, message, param} of a validation failure
     Column("created_at", DateTime, nullable=False),
     Column("finished_at", DateTime),                         # of a job that never reached the runner
+    Column("idempotency_key", String(128)),                  # v8: the client's Idempotency-Key header
+    Index("ix_fine_tuning_jobs_idempotency", "project", "idempotency_key", unique=True),
 )
 
 
@@ -272,9 +274,16 @@ def _migrate_7(conn: Connection) -> None:
     metadata.create_all(conn, tables=[files, fine_tuning_jobs])
 
 
+def _migrate_8(conn: Connection) -> None:
+    """Idempotency keys of job creations: racing retries of one request create one job (NULLs never collide)."""
+    conn.exec_driver_sql("ALTER TABLE fine_tuning_jobs ADD COLUMN idempotency_key VARCHAR(128)")
+    conn.exec_driver_sql("CREATE UNIQUE INDEX ix_fine_tuning_jobs_idempotency ON fine_tuning_jobs "
+                         "(project, idempotency_key)")
+
+
 # version N -> function upgrading a database at version N-1
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {2: _migrate_2, 3: _migrate_3, 4: _migrate_4, 5: _migrate_5,
-                                                       6: _migrate_6, 7: _migrate_7}
+                                                       6: _migrate_6, 7: _migrate_7, 8: _migrate_8}
 
 
 def make_engine(url: str) -> Engine:

@@ -18,10 +18,12 @@ from tuneloop.store.assets import DATASETS, EVALUATORS, VersionedAssets
 from tuneloop.store.db import config_state, events, jobs, model_package_groups, model_packages, utcnow
 from tuneloop.store.db import deployed_models, deployments
 from tuneloop.store.db import model_artifacts
+from tuneloop.store.finetuning import FineTuningStore
 from tuneloop.store.keys import KeyStore
 
 ACTIVE_STATES = ("queued", "running")
 FINAL_STATES = ("completed", "failed", "cancelled")
+API_JOB_PREFIX = "ftjob-"     # the fine-tuning API's jobs (service/finetuning.py)
 
 
 class Store:
@@ -30,6 +32,7 @@ class Store:
         self.datasets = VersionedAssets(engine, DATASETS)        # name@vN, keyed by content sha256
         self.evaluators = VersionedAssets(engine, EVALUATORS)
         self.keys = KeyStore(engine)                              # API keys (store/keys.py)
+        self.finetuning = FineTuningStore(engine)                 # the fine-tuning API's files and jobs
 
     # ---- jobs -------------------------------------------------------------------------------
     def insert_job(self, row: dict[str, Any]) -> bool:
@@ -63,8 +66,14 @@ class Store:
             return [dict(r) for r in conn.execute(q).mappings()]
 
     def latest_job(self, project: str, technique: str) -> dict[str, Any] | None:
-        found = self.find_jobs(project, technique, limit=1)
-        return found[0] if found else None
+        """The project's tracked job of a technique (what `tune` is idempotent on): the fine-tuning
+        API's jobs (ftjob-...) are the API's own, never the one `tune` follows."""
+        q = (select(jobs).where(and_(jobs.c.project == project, jobs.c.technique == technique,
+                                     ~jobs.c.id.startswith(API_JOB_PREFIX)))
+             .order_by(jobs.c.created_at.desc(), jobs.c.id.desc()).limit(1))
+        with self.engine.connect() as conn:
+            row = conn.execute(q).mappings().first()
+        return dict(row) if row else None
 
     def update_job(self, job_id: str, **values: Any) -> None:
         if "state" in values and values["state"] in FINAL_STATES:

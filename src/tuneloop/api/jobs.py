@@ -1,0 +1,60 @@
+"""The fine-tuning jobs API: POST/GET /v1/fine_tuning/jobs, GET .../{id}, POST .../{id}/cancel,
+GET .../{id}/events (newest first), GET .../{id}/checkpoints; cursor paging with `after` and
+`limit`, `metadata[k]=v` filters on the list; `Idempotency-Key` makes a retried create return
+the first job. Each project sees only its own jobs.
+
+    client.fine_tuning.jobs.create(model="tuneloop/tiny-qwen3", training_file=f.id)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
+
+from tuneloop.api.auth import Project
+from tuneloop.errors import ValidationError
+from tuneloop.service.finetuning import FineTuningService
+
+
+
+def jobs_router(svc: FineTuningService) -> APIRouter:
+    router = APIRouter(prefix="/v1/fine_tuning/jobs")
+
+    @router.post("")
+    async def create(request: Request, project: Project) -> dict[str, Any]:
+        try:
+            body = await request.json()
+        except ValueError:
+            raise ValidationError("The request body is not JSON.", param="body") from None
+        if not isinstance(body, dict):
+            raise ValidationError("The request body must be a JSON object.", param="body")
+        key = request.headers.get("idempotency-key")
+        return await run_in_threadpool(svc.create, project, body, key)
+
+    @router.get("")
+    def list_jobs(request: Request, project: Project, after: Optional[str] = None,
+                  limit: int = 20) -> dict[str, Any]:
+        metadata = {k[len("metadata["):-1]: v for k, v in request.query_params.items()
+                    if k.startswith("metadata[") and k.endswith("]")}
+        return svc.list(project, after, limit, metadata or None)
+
+    @router.get("/{job_id}")
+    def retrieve(job_id: str, project: Project) -> dict[str, Any]:
+        return svc.retrieve(project, job_id)
+
+    @router.post("/{job_id}/cancel")
+    def cancel(job_id: str, project: Project) -> dict[str, Any]:
+        return svc.cancel(project, job_id)
+
+    @router.get("/{job_id}/events")
+    def events(job_id: str, project: Project, after: Optional[str] = None, limit: int = 20) -> dict[str, Any]:
+        return svc.events(project, job_id, after, limit)
+
+    @router.get("/{job_id}/checkpoints")
+    def checkpoints(job_id: str, project: Project, after: Optional[str] = None,
+                    limit: int = 10) -> dict[str, Any]:
+        return svc.checkpoints(project, job_id, after, limit)
+
+    return router
