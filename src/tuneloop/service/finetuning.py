@@ -224,10 +224,14 @@ class FineTuningService:
                                                            "learning_rate": prep.plan.learning_rate * multiplier})
                 prep.spec, prep.plan = spec, self.jobs.plan_for(spec, prep.model, prep.staged)
         except DatasetError as e:          # the file's content: the job fails, its message says where
+            message = e.render()
+            for f in (training, validation):   # name the uploaded file, not where this server keeps it
+                if f is not None:
+                    message = message.replace(f["path"], f"{f['id']} ({f['filename']})")
+            which = "validation_file" if validation is not None and validation["path"] in e.render() else \
+                "training_file"
             self.store.finetuning.update_job(job_id, status="failed", finished_at=utcnow(), error={
-                "code": "invalid_training_file" if "validation" not in (e.param or "") else "invalid_validation_file",
-                "message": e.render(), "param": "validation_file" if "validation" in (e.param or "") else
-                "training_file"})
+                "code": f"invalid_{which}", "message": message, "param": which})
             return self.retrieve(project, job_id)
         except BaseException as e:         # the request: nothing is left behind
             self.store.finetuning.delete_job(job_id)
