@@ -56,6 +56,7 @@ def test_a_bad_upload_names_each_line_and_stores_nothing(client, home):
     assert "facts.jsonl:2: missing column &#39;completion&#39;" in r.text
     assert "facts.jsonl:3: column 1: invalid JSON" in r.text
     assert "How to fix it" in r.text and "Fix the records above" in r.text
+    assert "Dataset facts.jsonl has 2 invalid line(s)" in r.text and "ui-uploads" not in r.text
     assert "No datasets yet" in r.text
     assert not any((home / "ui-uploads").iterdir())  # the upload itself is not kept
 

@@ -56,6 +56,15 @@ async def upload(request: Request, file: UploadFile = File(...), name: str = For
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def _as_uploaded(e: TuneloopError, path: str) -> TuneloopError:
+    """The report names the file as it was uploaded (`facts.jsonl:4`), not the server's copy."""
+    here = path.rsplit("/", 1)[0] + "/"
+    e.message = e.message.replace(here, "")
+    e.details = [d.replace(here, "") for d in e.details]
+    e.hint = e.hint.replace(here, "") if e.hint else e.hint
+    return e
+
+
 def _create(request: Request, name: str, path: str, technique: str, column_map: str):
     form = {"name": name, "technique": technique, "column_map": column_map}
     try:
@@ -65,5 +74,5 @@ def _create(request: Request, name: str, path: str, technique: str, column_map: 
             name, path, technique, column_map=column_map or None,
             command=f"tuneloop datasets create {name} --technique {technique}")
     except TuneloopError as e:
-        return _page(request, e.http_status, report=e, form=form)
+        return _page(request, e.http_status, report=_as_uploaded(e, path), form=form)
     return _page(request, created=row, staged=staged, form=form)

@@ -8,8 +8,8 @@ import shlex
 from dataclasses import dataclass
 from typing import Any
 
-from tuneloop.catalog import RL_TECHNIQUES, TECHNIQUES, TRAINING_TYPES
-from tuneloop.errors import ValidationError
+from tuneloop.catalog import RL_TECHNIQUES, TECHNIQUES, TRAINING_TYPES, load_catalog
+from tuneloop.errors import CatalogError, ValidationError
 from tuneloop.spec import HYPERPARAMETERS, TuneRequest
 
 # the form's own fields besides the knobs: name -> (CLI flag, kind)
@@ -37,13 +37,20 @@ class Knob:
     applies: bool
 
 
-def knobs(technique: str, training_type: str) -> list[Knob]:
+def knobs(technique: str, training_type: str, model: str | None = None) -> list[Knob]:
+    """Every registry knob with the default this job would get: the model's catalog value, else the
+    generic one (None where the planner derives it from the data)."""
+    entry = load_catalog().get(model or load_catalog().default_model().id)
+    try:
+        own = entry.default_hyperparameters(technique, training_type) if entry else {}
+    except CatalogError:
+        own = {}
     out = []
     for hp in HYPERPARAMETERS.values():
         applies = hp.applies(technique, training_type)
         kind = "choice" if hp.choices else hp.type.__name__
-        out.append(Knob(hp.name, hp.cli_flag, hp.help, hp.scope, kind, hp.min, hp.max, hp.choices,
-                        hp.default_for(technique, training_type) if applies else None, applies))
+        default = own.get(hp.name, hp.default_for(technique, training_type)) if applies else None
+        out.append(Knob(hp.name, hp.cli_flag, hp.help, hp.scope, kind, hp.min, hp.max, hp.choices, default, applies))
     return out
 
 

@@ -54,7 +54,7 @@ def _form_context(request: Request, vals: dict[str, str]) -> dict[str, Any]:
     return {"vals": vals, "models": sorted(catalog.models.values(), key=lambda m: (not m.builtin, m.id)),
             "default_model": catalog.default_model().id, "datasets": datasets, "techniques": TECHNIQUES,
             "training_types": TRAINING_TYPES,
-            "knobs": forms.knobs(vals.get("technique", "sft"), vals.get("training_type", "lora"))}
+            "knobs": forms.knobs(vals.get("technique", "sft"), vals.get("training_type", "lora"), vals.get("model"))}
 
 
 @router.get("/jobs/new")

@@ -6,6 +6,7 @@
   var box = document.getElementById("job");
   if (!box || box.dataset.active !== "yes" || !window.EventSource) { return; }
   var L = 4, R = 296, T = 8, B = 104;             // charts.py's LEFT, RIGHT, TOP, BOTTOM
+  var MARKS = { completed: "✓ ", failed: "✗ ", cancelled: "■ ", running: "▶ ", queued: "… " };   // macros.html's
   var panels = {};
   document.querySelectorAll(".panel").forEach(function (fig) {
     var data = fig.querySelector("script.points");
@@ -47,7 +48,7 @@
   source.addEventListener("job", function (ev) {
     var j = JSON.parse(ev.data);
     var st = document.querySelector("#job-state .state");
-    st.textContent = j.state; st.className = "state state-" + j.state;
+    st.textContent = (MARKS[j.state] || "") + j.state; st.className = "state state-" + j.state;
     document.getElementById("job-progress").value = j.percent;
     document.getElementById("job-steps").textContent = "step " + j.step + " of " + (j.total_steps || "?") + " (" + j.percent + "%)";
     document.getElementById("job-loss").textContent = j.loss === null ? "-" : j.loss.toFixed(4);

@@ -1,0 +1,107 @@
+"""The browser tests' fixtures: `tuneloop ui` as a real subprocess on a free port with the test's
+TUNELOOP_HOME, and Debian's chromium driven by Playwright (never a browser download). Screenshots
+go to $TUNELOOP_UI_ARTIFACTS, else the test's tmp dir; the path is printed."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import REPO
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class UIProcess:
+    def __init__(self, url: str, proc: subprocess.Popen, log: Path):
+        self.url, self.proc, self.log = url, proc, log
+
+
+@pytest.fixture
+def ui_server(home, tmp_path):
+    port = free_port()
+    log = tmp_path / "ui.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "tuneloop", "ui", "--host", "127.0.0.1", "--port", str(port)],
+                                stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ), cwd=REPO)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(url + "/", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"tuneloop ui did not start:\n{log.read_text()}")
+        time.sleep(0.2)
+    yield UIProcess(url, proc, log)
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture
+def browser():
+    executable = shutil.which("chromium")
+    if executable is None:
+        message = "Debian's chromium is not installed (make system installs it)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=executable, args=["--no-sandbox", "--disable-gpu"])
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def artifacts(tmp_path) -> Path:
+    folder = Path(os.environ.get("TUNELOOP_UI_ARTIFACTS") or tmp_path / "ui-artifacts")
+    folder.mkdir(parents=True, exist_ok=True)
+    print(f"\nUI screenshots: {folder}")
+    return folder
+
+
+# The accessibility check, in the page (axe-core is not shipped): every visible form control has a
+# label, every button and link a name, images alt text, the page one h1 and a language, and
+# nothing wider than the screen (phones).
+A11Y = """() => {
+  const bad = [];
+  const named = el => (el.getAttribute('aria-label') || '').trim() || (el.getAttribute('aria-labelledby') &&
+      document.getElementById(el.getAttribute('aria-labelledby'))) || (el.textContent || '').trim();
+  for (const el of document.querySelectorAll('input, select, textarea')) {
+    if (el.type === 'hidden') continue;
+    const label = (el.id && document.querySelector(`label[for="${el.id}"]`)) || el.closest('label') ||
+                  el.getAttribute('aria-label') || el.getAttribute('aria-labelledby');
+    if (!label) bad.push(`control without a label: ${el.outerHTML.slice(0, 80)}`);
+  }
+  for (const el of document.querySelectorAll('button, a[href]'))
+    if (!named(el)) bad.push(`${el.tagName.toLowerCase()} without a name: ${el.outerHTML.slice(0, 80)}`);
+  for (const el of document.querySelectorAll('img'))
+    if (!el.hasAttribute('alt')) bad.push(`img without alt: ${el.outerHTML.slice(0, 80)}`);
+  for (const el of document.querySelectorAll('svg[role="img"]'))
+    if (!el.getAttribute('aria-label')) bad.push('svg image without aria-label');
+  if (document.querySelectorAll('h1').length !== 1) bad.push('not exactly one h1');
+  if (!document.documentElement.lang) bad.push('no lang on html');
+  if (document.documentElement.scrollWidth > window.innerWidth + 1)
+    bad.push(`wider than the screen: ${document.documentElement.scrollWidth} > ${window.innerWidth}`);
+  return bad;
+}"""
