@@ -130,6 +130,18 @@ def _wait(client, job_id: str, *, until=("succeeded", "failed", "cancelled"), ti
         time.sleep(1)
 
 
+def _all_events(client, job_id: str) -> list[FineTuningJobEvent]:
+    """Every event, newest first, page by page, each strictly validated."""
+    evs, after = [], None
+    while True:
+        extra = {"after": after} if after else {}
+        body = client.fine_tuning.jobs.with_raw_response.list_events(job_id, limit=100, **extra).http_response.json()
+        evs += [FineTuningJobEvent.model_validate(e) for e in body["data"]]
+        if not body["has_more"]:
+            return evs
+        after = body["data"][-1]["id"]
+
+
 def _sft_rows() -> list[dict]:
     return [{"messages": [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["completion"]}]}
             for r in _rows("sft.jsonl")]
@@ -161,14 +173,7 @@ def test_supervised_job_end_to_end_survives_a_server_restart(trainer, tmp_path):
     assert done.fine_tuned_model == f"ft:{BASE}:team-a:caps:{job.id[len('ftjob-'):][:8]}"
     assert done.trained_tokens and done.finished_at >= done.created_at
 
-    evs, after = [], None
-    while True:                                         # every page, strictly validated
-        extra = {"after": after} if after else {}
-        body = c.fine_tuning.jobs.with_raw_response.list_events(job.id, limit=100, **extra).http_response.json()
-        evs += [FineTuningJobEvent.model_validate(e) for e in body["data"]]
-        if not body["has_more"]:
-            break
-        after = body["data"][-1]["id"]
+    evs = _all_events(c, job.id)
     assert [e.created_at for e in evs] == sorted((e.created_at for e in evs), reverse=True)   # newest first
     assert evs[0].message.startswith("job completed") and evs[-1].message.startswith("job created")
     steps = [e.data["step"] for e in evs if e.type == "metrics" and "loss" in e.data]
@@ -329,3 +334,37 @@ def _jsonl(tmp: Path):
     path = tmp / "ok.jsonl"
     path.write_text(json.dumps(_sft_rows()[0]) + "\n")
     return path.open("rb")
+
+
+def _status(client, job_id: str) -> str:
+    """The raw status: pausing/paused are OpenAI's, newer than this client's FineTuningJob type."""
+    return client.fine_tuning.jobs.with_raw_response.retrieve(job_id).http_response.json()["status"]
+
+
+def test_pause_keeps_the_step_as_a_checkpoint_and_resume_goes_on_from_it(trainer, tmp_path):
+    srv, keys = trainer
+    c = srv.client(keys["team-a"])
+    f = _upload(c, tmp_path, "capitals.jsonl", _sft_rows())
+    job = c.fine_tuning.jobs.create(model=BASE, training_file=f.id, hyperparameters={"n_epochs": 100})
+    deadline = time.monotonic() + 300
+    while not any(e.type == "metrics" and e.data.get("step", 0) >= 10
+                  for e in c.fine_tuning.jobs.list_events(job.id, limit=5).data):
+        assert time.monotonic() < deadline and _status(c, job.id) in ("queued", "running")
+        time.sleep(0.2)
+    assert c.fine_tuning.jobs.with_raw_response.pause(job.id).http_response.json()["status"] in ("pausing", "paused")
+    while _status(c, job.id) != "paused":
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    stopped = max(x.step_number for x in c.fine_tuning.jobs.checkpoints.list(job.id).data)
+    total = 100 * 2                                        # 16 rows, batch 8: 2 steps an epoch
+    assert 10 <= stopped < total
+    with pytest.raises(openai.BadRequestError):
+        c.fine_tuning.jobs.pause(job.id)                   # already paused
+
+    assert c.fine_tuning.jobs.with_raw_response.resume(job.id).http_response.json()["status"] == "queued"
+    done = _wait(c, job.id)
+    assert done.status == "succeeded", done.error
+    events = _all_events(c, job.id)
+    assert any(e.message.endswith(f"resuming from checkpoint-{stopped}") for e in events)
+    steps = [e.data["step"] for e in events if e.type == "metrics" and "loss" in e.data]
+    assert sorted(steps) == sorted(set(steps)) and max(steps) == total   # no step trained twice, none skipped

@@ -1,4 +1,5 @@
 """The fine-tuning jobs API: POST/GET /v1/fine_tuning/jobs, GET .../{id}, POST .../{id}/cancel,
+POST .../{id}/pause and .../resume,
 GET .../{id}/events (newest first), GET .../{id}/checkpoints; cursor paging with `after` and
 `limit`, `metadata[k]=v` filters on the list; `Idempotency-Key` makes a retried create return
 the first job. Each project sees only its own jobs.
@@ -47,6 +48,14 @@ def jobs_router(svc: FineTuningService) -> APIRouter:
     @router.post("/{job_id}/cancel")
     def cancel(job_id: str, project: Project) -> dict[str, Any]:
         return svc.cancel(project, job_id)
+
+    @router.post("/{job_id}/pause")
+    def pause(job_id: str, project: Project) -> dict[str, Any]:
+        return svc.pause(project, job_id)
+
+    @router.post("/{job_id}/resume")
+    def resume(job_id: str, project: Project) -> dict[str, Any]:
+        return svc.resume(project, job_id)
 
     @router.get("/{job_id}/events")
     def events(job_id: str, project: Project, after: Optional[str] = None, limit: int = 20) -> dict[str, Any]:

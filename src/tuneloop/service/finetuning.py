@@ -271,18 +271,23 @@ class FineTuningService:
 
     def retrieve(self, project: str, job_id: str) -> dict[str, Any]:
         rec = self._record(project, job_id)
-        return job_object(rec, self.store.get_job(job_id) if rec["status"] == "submitted" else None)
+        return job_object(rec, self.store.get_job(job_id) if rec["status"] in ("submitted", "paused") else None)
 
     def list(self, project: str, after: str | None, limit: int, metadata: dict[str, str] | None) -> dict[str, Any]:
         limit = _limit(limit)
         rows = self.store.finetuning.list_jobs(project, after, limit + 1, metadata)
-        objs = [job_object(r, self.store.get_job(r["id"]) if r["status"] == "submitted" else None)
+        objs = [job_object(r, self.store.get_job(r["id"]) if r["status"] in ("submitted", "paused") else None)
                 for r in rows[:limit]]
         return page(objs, len(rows) > limit)
 
     def cancel(self, project: str, job_id: str) -> dict[str, Any]:
         rec = self._record(project, job_id)
-        if rec["status"] != "submitted":
+        if rec["status"] == "paused":        # a paused (or pausing) job is cancelled for good
+            self.store.finetuning.update_job(job_id, status="submitted")
+            if self.jobs.get(job_id)["state"] not in ("queued", "running"):
+                self.store.add_event(job_id, "cancelled by user while paused", level="warn")
+                return self.retrieve(project, job_id)
+        elif rec["status"] != "submitted":
             raise ValidationError(f"Job {job_id} has already {rec['status']}; it cannot be cancelled.",
                                   param="fine_tuning_job_id")
         job = self.jobs.get(job_id)
@@ -292,9 +297,38 @@ class FineTuningService:
         self.jobs.cancel(job_id)
         return self.retrieve(project, job_id)
 
+    def pause(self, project: str, job_id: str) -> dict[str, Any]:
+        """Stop a queued or running job at its next step, keeping that step as a checkpoint
+        (status pausing, then paused); `resume` goes on from it."""
+        rec = self._record(project, job_id)
+        job = self.store.get_job(job_id) if rec["status"] == "submitted" else None
+        if job is None or job["state"] not in ("queued", "running"):
+            raise ValidationError(f"Job {job_id} is not running; only a queued or running job can be paused.",
+                                  param="fine_tuning_job_id")
+        self.store.finetuning.update_job(job_id, status="paused")
+        self.store.update_job(job_id, cancel_requested=True)
+        if job["state"] == "queued" or self.jobs.is_stale(job):
+            self.store.update_job(job_id, state="cancelled", error="paused")
+        self.store.add_event(job_id, "pause requested: the job stops at its next step and keeps it as a checkpoint",
+                             level="warn")
+        return self.retrieve(project, job_id)
+
+    def resume(self, project: str, job_id: str) -> dict[str, Any]:
+        """Queue a paused job again; its runner resumes from the last checkpoint."""
+        rec = self._record(project, job_id)
+        job = self.store.get_job(job_id) if rec["status"] == "paused" else None
+        if job is None or job["state"] != "cancelled":
+            raise ValidationError(f"Job {job_id} is not paused" + (" yet (it is still pausing)" if job else "") +
+                                  "; only a paused job can be resumed.", param="fine_tuning_job_id")
+        self.store.update_job(job_id, state="queued", pid=None, host=None, cancel_requested=False, error=None,
+                              finished_at=None, active_key=None)
+        self.store.finetuning.update_job(job_id, status="submitted")
+        self.store.add_event(job_id, "resumed: queued again, training goes on from the last checkpoint")
+        return self.retrieve(project, job_id)
+
     def events(self, project: str, job_id: str, after: str | None, limit: int) -> dict[str, Any]:
         rec = self._record(project, job_id)
-        rows = list(reversed(self.store.list_events(job_id))) if rec["status"] == "submitted" else []
+        rows = list(reversed(self.store.list_events(job_id))) if rec["status"] in ("submitted", "paused") else []
         evs = [event_object(e) for e in rows]
         if rec["error"]:
             evs.insert(0, {"id": f"ftevent-{job_id}-error", "object": "fine_tuning.job.event",
@@ -304,7 +338,7 @@ class FineTuningService:
 
     def checkpoints(self, project: str, job_id: str, after: str | None, limit: int) -> dict[str, Any]:
         rec = self._record(project, job_id)
-        job = self.store.get_job(job_id) if rec["status"] == "submitted" else None
+        job = self.store.get_job(job_id) if rec["status"] in ("submitted", "paused") else None
         out = [] if job is None else [checkpoint_object(rec, c) for c in job_checkpoints(self.store, job)]
         return _after(out, after, _limit(limit))
 
@@ -314,7 +348,8 @@ class FineTuningService:
         None when there is none (or it is another project's, when `project` is given)."""
         base, _, step = name.rpartition(":ckpt-step-")
         rec = self.store.finetuning.by_model(base if step.isdigit() else name)
-        if rec is None or (project is not None and rec["project"] != project) or rec["status"] != "submitted":
+        if rec is None or (project is not None and rec["project"] != project) or \
+                rec["status"] not in ("submitted", "paused"):
             return None
         job = self.store.get_job(rec["id"])
         if job is None:
@@ -432,6 +467,8 @@ def job_object(rec: dict[str, Any], job: dict[str, Any] | None) -> dict[str, Any
     hp: dict[str, Any] = {"n_epochs": "auto", "batch_size": "auto", "learning_rate_multiplier": "auto"}
     if job is not None:
         status = STATUS[job["state"]]
+        if rec["status"] == "paused":   # OpenAI's pausing/paused (newer than this openai client's types)
+            status = "pausing" if job["state"] in ("queued", "running") else "paused"
         finished = job["finished_at"]
         plan = job["plan"] or {}
         asked = rec["method"][kind].get("hyperparameters") or {}

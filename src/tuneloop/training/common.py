@@ -98,7 +98,7 @@ def set_threads(plan: Plan) -> None:
 
 def make_callback(on_metrics: Callable[[int, int, dict[str, float]], None],
                   should_stop: Callable[[], bool], on_save: Callable[[int], None]):
-    """A TrainerCallback that reports metrics, stops when asked, and notes checkpoints.
+    """A TrainerCallback that reports metrics, stops when asked (saving that step), and notes checkpoints.
     `should_stop` is asked at every step's end, on every rank of a job on several processes (it
     throttles its own look-ups and gives every rank rank 0's answer: Recipe.should_stop)."""
     from transformers import TrainerCallback
@@ -110,9 +110,9 @@ def make_callback(on_metrics: Callable[[int, int, dict[str, float]], None],
                 on_metrics(state.global_step, state.max_steps, clean)
 
         def on_step_end(self, args, state, control, **kwargs):
-            if should_stop():
-                control.should_training_stop = True
-                control.should_save = False
+            if should_stop():   # stopped on request (cancel, the API's pause): this step is kept as a
+                control.should_training_stop = True   # checkpoint, so a resumed job goes on from it
+                control.should_save = True
 
         def on_save(self, args, state, control, **kwargs):
             on_save(state.global_step)
