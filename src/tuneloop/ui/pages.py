@@ -47,12 +47,13 @@ def _playground(request: Request, question: str = "", model: str | None = None, 
         server = deps.running_server()
         if server is None:
             return ctx
+        ctx["server"] = server
         served = deps.served_models(server)
         base = next((m["id"] for m in served if m.get("parent") is None and m.get("kind", "base") == "base"),
                     served[0]["id"] if served else None)
         tuned = [m["id"] for m in served if m["id"] != base]
         model = model if model in tuned else (tuned[-1] if tuned else base)
-        ctx |= {"server": server, "base": base, "tuned": tuned, "model": model}
+        ctx |= {"base_model": base, "tuned": tuned, "model": model}
         if ask and question.strip():
             ctx["answers"] = {base: deps.ask(server, base, [question], max_tokens)[0]}
             if model != base:
