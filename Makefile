@@ -26,6 +26,7 @@ $(REAL_GGUF):
 
 # What the reward sandbox needs from the system: bubblewrap (installed here when we are root with
 # apt-get; otherwise the sandbox uses the kernel's namespaces directly, or says what is missing).
+# And Debian's chromium for the web UI's browser tests (tests/ui/, Playwright drives it).
 system:
 	@command -v bwrap >/dev/null || { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  echo "installing bubblewrap (the reward sandbox)"; \
@@ -33,6 +34,12 @@ system:
 	  { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q bubblewrap >/dev/null 2>&1; } || \
 	  echo "note: could not install bubblewrap; the sandbox will use namespaces directly"; \
 	else echo "note: install bubblewrap for the reward sandbox (sudo apt-get install bubblewrap)"; fi; }
+	@command -v chromium >/dev/null || { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing chromium (the web UI's browser tests, driven by Playwright; no browser download)"; \
+	  apt-get install -y -q chromium >/dev/null 2>&1 || \
+	  { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; } || \
+	  echo "note: could not install chromium; the UI's browser tests will skip (fail in CI)"; \
+	else echo "note: install chromium for the UI's browser tests (sudo apt-get install chromium)"; fi; }
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
