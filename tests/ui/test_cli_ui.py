@@ -19,9 +19,20 @@ def test_ui_help_stays_light():
     assert heavy_imports("ui", "--help") == []
 
 
-def test_localhost_needs_no_token(ui_server):
+def test_localhost_needs_no_token_but_answers_only_to_its_own_name(ui_server):
     assert httpx.get(ui_server.url + "/jobs").status_code == 200
     assert "?token=" not in ui_server.log.read_text()
+    port = ui_server.url.rsplit(":", 1)[1]
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}"):
+        assert httpx.get(ui_server.url + "/jobs", headers={"Host": host}).status_code == 200
+    # another site's name pointed at 127.0.0.1 (DNS rebinding) gets nothing
+    rebound = httpx.get(ui_server.url + "/jobs", headers={"Host": f"evil.example:{port}"})
+    assert rebound.status_code == 403 and "Jobs" not in rebound.text
+    # nor can another site's page post a form to it (the browser names the page's origin)
+    form = {"technique": "sft", "dataset_other": "/etc/hostname", "action": "start"}
+    r = httpx.post(ui_server.url + "/jobs/new", data=form, headers={"Origin": "http://evil.example"})
+    assert r.status_code == 403
+    assert "No jobs" in httpx.get(ui_server.url + "/jobs").text
 
 
 def test_every_interface_prints_a_token_address_and_needs_it(home):

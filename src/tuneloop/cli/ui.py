@@ -32,7 +32,8 @@ def ui(host: str = typer.Option("127.0.0.1", "--host", help="Address to listen o
 
     if token is None and host not in LOCAL_HOSTS:
         token = secrets.token_urlsafe(24)
-    app = create_ui(services(), project=project, token=token, api_key=api_key)
+    hosts = None if token else LOCAL_HOSTS     # open on localhost: only requests addressed to it
+    app = create_ui(services(), project=project, token=token, api_key=api_key, hosts=hosts)
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     address = f"http://{shown if ':' not in shown else f'[{shown}]'}:{port}/"
     print(f"tuneloop ui on {address}" + (f"?token={token}" if token else ""), flush=True)

@@ -23,15 +23,18 @@ from tuneloop.ui.render import STATIC, UIState, render
 
 
 def create_ui(services: Any, *, project: str | None = None, token: str | None = None,
-              api_key: str | None = None) -> FastAPI:
+              api_key: str | None = None, hosts: tuple[str, ...] | None = None) -> FastAPI:
     """The UI over `services` (`open_services()`). `token`: required from every viewer (`?token=`
-    once, then a cookie) besides the project API keys; None lets everyone in (localhost)."""
+    once, then a cookie) besides the project API keys; None lets everyone in (localhost).
+    `hosts`: the only host names requests may be addressed to (an open UI on localhost passes
+    the loopback names, so another site cannot reach it by DNS rebinding). Posts from another
+    origin are refused either way."""
     from tuneloop.settings import resolve_project
 
     project = resolve_project(project)
     app = FastAPI(title="tuneloop ui", docs_url=None, redoc_url=None, openapi_url=None)
     keys = services.keys if token is not None else None
-    app.state.ui = UIState(services, project, auth.Access(token, keys, project, api_key), api_key,
+    app.state.ui = UIState(services, project, auth.Access(token, keys, project, api_key, hosts), api_key,
                            Path(services.settings.home) / "ui-uploads")
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
     app.include_router(auth.router)
@@ -41,6 +44,7 @@ def create_ui(services: Any, *, project: str | None = None, token: str | None = 
     app.add_exception_handler(TuneloopError, _error_page)
     app.add_exception_handler(auth.LoginRequired, _login)
     app.add_exception_handler(auth.StartSession, _start_session)
+    app.add_exception_handler(auth.Refused, _refused)
     return app
 
 
@@ -55,6 +59,10 @@ def _login(request: Request, exc: auth.LoginRequired):
         return PlainTextResponse("Log in first: open the address `tuneloop ui` printed (it carries ?token=).",
                                  status_code=401)
     return auth.login_page(request)
+
+
+def _refused(request: Request, exc: auth.Refused):
+    return PlainTextResponse(str(exc), status_code=403)
 
 
 def _start_session(request: Request, exc: auth.StartSession):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hmac
 import secrets
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import RedirectResponse
@@ -21,6 +21,11 @@ COOKIE = "tuneloop_ui"
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 router = APIRouter()
+
+
+class Refused(Exception):
+    """A request another site made the browser send (a cross-origin form post), or one for a host
+    name this UI does not answer to (DNS rebinding of an open localhost UI): 403."""
 
 
 class LoginRequired(Exception):
@@ -37,8 +42,9 @@ class StartSession(Exception):
 class Access:
     """`token` None: no check (localhost). `keys`: the project API keys (`services.keys`)."""
 
-    def __init__(self, token: str | None, keys: Any, project: str, api_key: str | None = None):
-        self.token, self.keys, self.project, self.api_key = token, keys, project, api_key
+    def __init__(self, token: str | None, keys: Any, project: str, api_key: str | None = None,
+                 hosts: tuple[str, ...] | None = None):
+        self.token, self.keys, self.project, self.api_key, self.hosts = token, keys, project, api_key, hosts
         self.sessions: dict[str, Viewer] = {}
 
     @property
@@ -60,9 +66,21 @@ class Access:
         return sid
 
 
+def check_origin(request: Request, hosts: tuple[str, ...] | None) -> None:
+    """Posts only from the UI's own pages (the browser's Origin names this host); with `hosts`,
+    only requests addressed to one of those host names."""
+    host = request.headers.get("host", "")
+    if hosts is not None and urlsplit(f"//{host}").hostname not in hosts:
+        raise Refused(f"This UI answers to {', '.join(hosts)}, not {host!r}.")
+    origin = request.headers.get("origin")
+    if request.method not in ("GET", "HEAD", "OPTIONS") and origin is not None and urlsplit(origin).netloc != host:
+        raise Refused("A form from another site cannot act here.")
+
+
 def require_viewer(request: Request) -> None:
     """The dependency every page has: sets `request.state.viewer` or raises LoginRequired."""
     access: Access = ui(request).access
+    check_origin(request, access.hosts)
     if not access.required:
         return
     who = access.sessions.get(request.cookies.get(COOKIE, ""))
@@ -99,6 +117,7 @@ def login_form(request: Request):
 @router.post("/login")
 def login(request: Request, secret: str = Form(""), next: str = Form("/")):
     access: Access = ui(request).access
+    check_origin(request, access.hosts)
     who = access.check(secret.strip()) if access.required else Viewer(access.project, access.api_key)
     if who is None:
         return render(request, "login.html", 401, error="That is not the UI's token or an active API key.",
