@@ -101,6 +101,11 @@ def test_upload_then_plan_then_run_to_the_registry(client):
     assert re.search(r'<polyline points="[\d., ]+" class="line"/>', page)   # the curve, drawn on the server
     again = client.get(f"{job_url}/stream?after=999999999")        # nothing after the end: one state, then end
     assert [l for l in again.text.splitlines() if l.startswith("event:")] == ["event: job", "event: end"]
+    from tuneloop.service.app import open_services
+
+    ids = [e["id"] for e in open_services().store.list_events(job_id)]
+    resumed = client.get(f"{job_url}/stream", headers={"Last-Event-ID": str(ids[-3])}).text   # a reconnect
+    assert re.findall(r"^id: (\d+)$", resumed, re.M) == [str(i) for i in ids[-2:]]
     registry = client.get("/registry").text
     assert "tune-models v1" in registry and job_id in registry and "tuneloop/tiny-qwen3" in registry
 
@@ -149,3 +154,16 @@ def test_mounted_under_a_prefix_every_link_keeps_it(home):
     page = c.get("/ui/jobs/new").text
     assert 'href="/ui/static/app.css"' in page and 'action="/ui/jobs/new"' in page and 'href="/ui/datasets"' in page
     assert c.get("/ui/static/curves.js").status_code == 200
+
+
+def test_cancel_from_the_job_page_ends_the_stream_cancelled(client):
+    upload(client, "facts", "facts.jsonl", (DEMO_DATA / "sft.jsonl").read_bytes())
+    form = {"technique": "sft", "dataset": "facts", "max_steps": "5000", "action": "start"}
+    job_url = client.post("/jobs/new", data=form, follow_redirects=False).headers["location"].split("?")[0]
+    assert "Cancel job" in client.get(job_url).text
+    assert client.post(f"{job_url}/cancel", follow_redirects=False).status_code == 303
+    with client.stream("GET", f"{job_url}/stream") as stream:
+        ends = [line for line in stream.iter_lines() if line.startswith("data: ") and '"state": "cancelled"' in line]
+    assert ends
+    page = client.get(job_url).text
+    assert "cancelled" in page and "Cancel job" not in page and "cancel requested by user" in page
