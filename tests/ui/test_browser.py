@@ -36,6 +36,7 @@ def test_upload_plan_train_watch_reload_complete_registry(ui_server, browser, ar
     page.set_default_timeout(60_000)
     page.goto(ui_server.url + "/")
     check_a11y(page, "home")
+    page.screenshot(path=str(artifacts / "0-home.png"), full_page=True)
 
     # a dataset with an error: its line and the fix, nothing stored
     page.get_by_role("link", name="Datasets").first.click()
