@@ -167,3 +167,15 @@ def test_cancel_from_the_job_page_ends_the_stream_cancelled(client):
     assert ends
     page = client.get(job_url).text
     assert "cancelled" in page and "Cancel job" not in page and "cancel requested by user" in page
+
+
+def test_an_rlvr_plan_carries_its_reward_and_rl_knobs(client):
+    form = {"technique": "rlvr", "dataset_other": str(DEMO_DATA / "rlvr.jsonl"), "reward_function": "builtin:exact_match",
+            "num_generations": "4", "reward_prompt": "ignored for rlvr", "action": "plan"}
+    r = client.post("/jobs/new", data=form)
+    assert r.status_code == 200, r.text[-2000:]
+    assert "4 per prompt" in r.text and "est. time" in r.text
+    assert (f"tuneloop tune --technique rlvr --dataset {DEMO_DATA / 'rlvr.jsonl'} --reward-function "
+            "builtin:exact_match --num-generations 4") in r.text
+    bad = client.post("/jobs/new", data=form | {"technique": "sft", "dataset_other": str(DEMO_DATA / "sft.jsonl")})
+    assert bad.status_code == 400 and "num_generations only applies to rlvr and rlaif jobs" in bad.text

@@ -8,7 +8,7 @@ import shlex
 from dataclasses import dataclass
 from typing import Any
 
-from tuneloop.catalog import RL_TECHNIQUES, TECHNIQUES, TRAINING_TYPES, load_catalog
+from tuneloop.catalog import TECHNIQUES, TRAINING_TYPES, load_catalog
 from tuneloop.errors import CatalogError, ValidationError
 from tuneloop.spec import HYPERPARAMETERS, TuneRequest
 
@@ -19,6 +19,9 @@ FIELDS = {
     "reward_function": ("--reward-function", "str"), "reward_prompt": ("--reward-prompt", "str"),
     "judge_model": ("--judge-model", "str"),
 }
+
+
+ONLY_FOR = {"reward_function": ("rlvr",), "reward_prompt": ("rlaif",), "judge_model": ("rlaif",)}
 
 
 @dataclass(frozen=True)
@@ -96,20 +99,18 @@ def tune_request(vals: dict[str, str], project: str) -> TuneRequest:
         project=project, hyperparameters=hyper,
         validation_split=_number("validation_split", "--validation-split", split, "float") if split else None,
         take=int(_number("take", "--take", take, "int")) if take else None,
-        reward_function=vals.get("reward_function") if t == "rlvr" else None,
-        reward_prompt=vals.get("reward_prompt") if t == "rlaif" else None,
-        judge_model=vals.get("judge_model") if t == "rlaif" else None)
+        **{name: vals.get(name) if t in ONLY_FOR[name] else None for name in ONLY_FOR})
 
 
 def command(vals: dict[str, str], project: str, force: bool = False) -> str:
     """`tuneloop tune ...` with the same flags, in the form's order (only what was given)."""
     parts = ["tuneloop", "tune"]
-    rl = vals.get("technique") in RL_TECHNIQUES
+    t = vals.get("technique")
     for name, (flag, _) in FIELDS.items():
         value = vals.get(name)
         if value is None or (name == "training_type" and value == "lora"):
             continue
-        if name in ("reward_function", "reward_prompt", "judge_model") and not rl:
+        if name in ONLY_FOR and t not in ONLY_FOR[name]:   # what tune_request drops for this technique
             continue
         parts += [flag, value]
     for hp in HYPERPARAMETERS.values():
