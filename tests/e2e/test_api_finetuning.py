@@ -197,6 +197,10 @@ def test_supervised_job_end_to_end_survives_a_server_restart(trainer, tmp_path):
     ckpt = checkpoints[0].fine_tuned_model_checkpoint       # a checkpoint is servable too
     assert _ask(c, ckpt, questions[0])
 
+    with pytest.raises(openai.BadRequestError) as e:    # SFT does not continue from an adapter (RL does)
+        c.fine_tuning.jobs.create(model=done.fine_tuned_model, training_file=f.id)
+    assert _error(e)["param"] == "model" and "base model" in _error(e)["message"]
+
     other = srv.client(keys["team-b"])             # another project's key sees none of it
     for call in (lambda: other.files.retrieve(f.id), lambda: other.fine_tuning.jobs.retrieve(job.id),
                  lambda: other.fine_tuning.jobs.list_events(job.id), lambda: other.files.content(f.id),

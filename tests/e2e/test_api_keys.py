@@ -1,8 +1,8 @@
 """API keys end to end: keys made with `tuneloop keys create`, a live `tuneloop serve --api-key`
 (the built-in tiny model, a free port), driven only by the official `openai` client: each project's
 key works, a missing, wrong or revoked key is a 401 in OpenAI's error body, the admin key still
-works, and another project's key may not change what the server serves (403). The cross-project
-test of files and jobs comes with the fine-tuning API (issue 13, branch wip/issue-13-api-core)."""
+works, and another project's key may not change what the server serves (403). Files, jobs and `ft:`
+models across projects: tests/e2e/test_api_finetuning.py."""
 
 from __future__ import annotations
 

@@ -1,0 +1,102 @@
+"""Faults under the fine-tuning API, on live `tuneloop serve` processes: a job's runner killed with
+SIGKILL at a random step, ten times, is restarted by the server's workers from its last
+checkpoint and every job completes exactly once (one completion, one registered version); the
+SQLite database held locked by another writer while 32 clients create jobs: every request waits
+and succeeds, none is a 500."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import os
+import random
+import signal
+import sqlite3
+import threading
+import time
+
+import pytest
+
+from tests.e2e.test_api_finetuning import BASE, _all_events, _server, _sft_rows, _upload, _wait
+
+openai = pytest.importorskip("openai")
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def trainer(tmp_path_factory, models_dir):
+    srv, keys = _server(tmp_path_factory, models_dir, "faults-train", 2)
+    yield srv, keys
+    srv.stop()
+
+
+def _runner_pid(srv, job_id: str) -> int | None:
+    from tuneloop.store import open_store
+
+    row = open_store(f"sqlite:///{srv.home / 'home' / 'tuneloop.db'}").get_job(job_id)
+    return row["pid"] if row and row["state"] == "running" else None
+
+
+def test_runners_killed_at_random_steps_complete_every_job_exactly_once(trainer, tmp_path):
+    srv, keys = trainer
+    c = srv.client(keys["team-a"])
+    f = _upload(c, tmp_path, "capitals.jsonl", _sft_rows())
+    rng = random.Random(13)
+    trials = [(c.fine_tuning.jobs.create(model=BASE, training_file=f.id, hyperparameters={"n_epochs": 15}).id,
+               rng.randint(2, 25)) for _ in range(10)]             # 30 steps each; killed past a random step
+    killed: set[str] = set()
+    deadline = time.monotonic() + 1500
+    while len(killed) < len(trials):
+        assert time.monotonic() < deadline
+        for job_id, at in trials:
+            if job_id in killed:
+                continue
+            steps = [e.data["step"] for e in c.fine_tuning.jobs.list_events(job_id, limit=3).data
+                     if e.type == "metrics" and "step" in (e.data or {})]
+            pid = _runner_pid(srv, job_id)
+            if steps and max(steps) >= at and pid:
+                os.kill(pid, signal.SIGKILL)
+                killed.add(job_id)
+            elif c.fine_tuning.jobs.retrieve(job_id).status == "succeeded":
+                killed.add(job_id)                                   # finished before its step came: no kill
+        time.sleep(0.2)
+    from tuneloop.store import open_store
+
+    store = open_store(f"sqlite:///{srv.home / 'home' / 'tuneloop.db'}")
+    for job_id, _ in trials:
+        done = _wait(c, job_id, timeout=900)
+        assert done.status == "succeeded", (job_id, done.error)
+        messages = [e.message for e in _all_events(c, job_id)]
+        assert sum(m.startswith("job completed") for m in messages) == 1
+        assert len([p for p in store.list_packages(project="team-a") if p["job_id"] == job_id]) == 1
+        assert _wait(c, job_id).fine_tuned_model in [m.id for m in c.models.list()]
+    restarted = sum(any("restarting from the last checkpoint" in e.message for e in _all_events(c, j))
+                    for j, _ in trials)
+    assert restarted >= 5, restarted          # most were killed mid-run and restarted, not just finished
+
+
+def test_a_locked_database_under_32_concurrent_writers_is_waited_for_never_a_500(trainer, tmp_path):
+    srv, keys = trainer
+    c = srv.client(keys["team-b"])
+    f = _upload(c, tmp_path, "capitals.jsonl", _sft_rows())
+    db = sqlite3.connect(srv.home / "home" / "tuneloop.db", timeout=30, isolation_level=None,
+                         check_same_thread=False)
+    db.execute("BEGIN EXCLUSIVE")                   # another writer holds the database
+    release = threading.Timer(3.0, lambda: db.execute("COMMIT"))
+    release.start()
+
+    def create(i: int) -> str:
+        client = srv.client(keys["team-b"])
+        job = client.fine_tuning.jobs.create(model=BASE, training_file=f.id, metadata={"i": str(i)},
+                                             hyperparameters={"n_epochs": 1})
+        client.fine_tuning.jobs.cancel(job.id)
+        return job.id
+
+    started = time.monotonic()
+    with cf.ThreadPoolExecutor(32) as pool:
+        ids = list(pool.map(create, range(32)))      # an exception (a 500 included) fails the test
+    release.join()
+    db.close()
+    assert time.monotonic() - started >= 3.0        # they did wait for the lock
+    assert len(set(ids)) == 32
+    listed = {j.id: j.status for j in c.fine_tuning.jobs.list(limit=100)}
+    assert all(listed[i] == "cancelled" for i in ids)
