@@ -12,13 +12,10 @@ from tuneloop.catalog import TECHNIQUES, TRAINING_TYPES, load_catalog
 from tuneloop.errors import CatalogError, ValidationError
 from tuneloop.spec import HYPERPARAMETERS, TuneRequest
 
-# the form's own fields besides the knobs: name -> (CLI flag, kind)
-FIELDS = {
-    "technique": ("--technique", "str"), "dataset": ("--dataset", "str"), "training_type": ("--training-type", "str"),
-    "model": ("--model", "str"), "validation_split": ("--validation-split", "float"), "take": ("--take", "int"),
-    "reward_function": ("--reward-function", "str"), "reward_prompt": ("--reward-prompt", "str"),
-    "judge_model": ("--judge-model", "str"),
-}
+# the form's own fields besides the knobs, in the command's order: name -> `tune`'s flag
+FIELDS = {"technique": "--technique", "dataset": "--dataset", "training_type": "--training-type", "model": "--model",
+          "validation_split": "--validation-split", "take": "--take", "reward_function": "--reward-function",
+          "reward_prompt": "--reward-prompt", "judge_model": "--judge-model"}
 
 
 ONLY_FOR = {"reward_function": ("rlvr",), "reward_prompt": ("rlaif",), "judge_model": ("rlaif",)}
@@ -106,7 +103,7 @@ def command(vals: dict[str, str], project: str, force: bool = False) -> str:
     """`tuneloop tune ...` with the same flags, in the form's order (only what was given)."""
     parts = ["tuneloop", "tune"]
     t = vals.get("technique")
-    for name, (flag, _) in FIELDS.items():
+    for name, flag in FIELDS.items():
         value = vals.get(name)
         if value is None or (name == "training_type" and value == "lora"):
             continue
