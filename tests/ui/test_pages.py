@@ -179,3 +179,26 @@ def test_an_rlvr_plan_carries_its_reward_and_rl_knobs(client):
             "builtin:exact_match --num-generations 4") in r.text
     bad = client.post("/jobs/new", data=form | {"technique": "sft", "dataset_other": str(DEMO_DATA / "sft.jsonl")})
     assert bad.status_code == 400 and "num_generations only applies to rlvr and rlaif jobs" in bad.text
+
+
+def test_a_job_whose_runner_is_gone_resumes_from_its_page(client):
+    import socket
+    import subprocess
+
+    from tuneloop.service.app import open_services
+    from tuneloop.spec import TuneRequest
+
+    services = open_services()
+    upload(client, "facts", "facts.jsonl", (DEMO_DATA / "sft.jsonl").read_bytes())
+    prep = services.jobs.prepare(TuneRequest(technique="sft", dataset="facts", hyperparameters={"max_steps": 4}))
+    job = services.jobs.submit(prep, launch=False).job
+    gone = subprocess.Popen(["true"])
+    gone.wait()                                   # a runner that died: its pid is no process now
+    services.store.update_job(job["id"], state="running", pid=gone.pid, host=socket.gethostname())
+    page = client.get(f"/jobs/{job['id']}").text
+    assert "Its runner process is gone" in page and f'action="/jobs/{job["id"]}/resume"' in page
+    assert client.post(f"/jobs/{job['id']}/resume", follow_redirects=False).status_code == 303
+    with client.stream("GET", f"/jobs/{job['id']}/stream") as stream:
+        ends = [line for line in stream.iter_lines() if line.startswith("data: ") and '"state": "completed"' in line]
+    assert ends, services.jobs.get(job["id"])
+    assert "Its runner process is gone" not in client.get(f"/jobs/{job['id']}").text
