@@ -132,3 +132,15 @@ def test_upload_plan_train_watch_reload_complete_registry(ui_server, browser, ar
     assert points(plain) == drawn and plain.locator("#events li").count() >= 1
     assert "completed" in plain.locator("#job-state").inner_text()
     context.close()
+
+
+def test_the_accessibility_check_finds_what_it_looks_for(browser):
+    page = browser.new_page(viewport={"width": 390, "height": 844})
+    page.set_content('<html><body><h1>a</h1><h1>b</h1><input id="q"><label for="ok">ok</label><input id="ok">'
+                     '<button></button><img src="x.png"><svg role="img"></svg>'
+                     '<div style="width: 2000px">wide</div></body></html>')
+    found = page.evaluate(A11Y)
+    assert len(found) == 7, found
+    for what in ("control without a label", "button without a name", "img without alt", "svg image",
+                 "not exactly one h1", "no lang", "wider than the screen"):
+        assert any(f.startswith(what) for f in found), (what, found)
