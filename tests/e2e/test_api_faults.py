@@ -2,15 +2,20 @@
 SIGKILL at a random step, ten times, is restarted by the server's workers from its last
 checkpoint and every job completes exactly once (one completion, one registered version); the
 SQLite database held locked by another writer while 32 clients create jobs: every request waits
-and succeeds, none is a 500."""
+and succeeds, none is a 500; the disk filling up while a checkpoint is written (a 12 MB tmpfs under
+the job's checkpoints, root only): the job fails saying so, the previous checkpoint is intact and
+the half-written one gone, nothing is registered."""
 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import json
 import os
 import random
 import signal
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 
@@ -100,3 +105,48 @@ def test_a_locked_database_under_32_concurrent_writers_is_waited_for_never_a_500
     assert len(set(ids)) == 32
     listed = {j.id: j.status for j in c.fine_tuning.jobs.list(limit=100)}
     assert all(listed[i] == "cancelled" for i in ids)
+
+
+def _mount_small_tmpfs(path, size: str) -> bool:
+    path.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0:
+        return False
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
+    return r.returncode == 0
+
+
+def test_a_full_disk_while_saving_a_checkpoint_fails_the_job_clearly_and_keeps_the_previous_one(
+        tmp_path_factory, models_dir, tmp_path):
+    srv, keys = _server(tmp_path_factory, models_dir, "faults-disk", 0)      # queue only: the runner is started here
+    try:
+        c = srv.client(keys["team-a"])
+        f = _upload(c, tmp_path, "capitals.jsonl", _sft_rows())
+        job = c.fine_tuning.jobs.create(model=BASE, training_file=f.id, hyperparameters={"n_epochs": 20})
+        home = srv.home / "home"
+        checkpoints = home / "projects" / "team-a" / "jobs" / job.id / "checkpoints"
+        if not _mount_small_tmpfs(checkpoints, "12m"):     # one 7.6 MB checkpoint fits, the second does not
+            pytest.skip("mounting a small tmpfs (the full disk) needs root")
+        try:
+            r = subprocess.run([sys.executable, "-m", "tuneloop.service.runner", job.id], env=srv.env,
+                               capture_output=True, text=True, timeout=600)
+            assert r.returncode == 1
+            done = _wait(c, job.id)
+            assert done.status == "failed" and done.fine_tuned_model is None
+            assert "No space left on device" in done.error.message
+            assert "last complete checkpoint is checkpoint-10" in done.error.message, done.error.message
+            kept = [p.name for p in checkpoints.iterdir() if p.name.startswith("checkpoint-")]
+            assert kept == ["checkpoint-10"]                # the half-written one is gone
+            from safetensors.torch import load_file
+
+            assert load_file(str(checkpoints / "checkpoint-10" / "adapter_model.safetensors"))
+            assert json.loads((checkpoints / "checkpoint-10" / "trainer_state.json").read_text())["global_step"] == 10
+            assert [x.step_number for x in c.fine_tuning.jobs.checkpoints.list(job.id).data] == [10]
+            from tuneloop.store import open_store
+
+            store = open_store(f"sqlite:///{home / 'tuneloop.db'}")
+            assert store.package_for_job(job.id) is None   # nothing half-registered
+            assert done.fine_tuned_model not in [m.id for m in c.models.list()]
+        finally:
+            subprocess.run(["umount", str(checkpoints)], capture_output=True)
+    finally:
+        srv.stop()

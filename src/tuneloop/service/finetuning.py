@@ -513,8 +513,8 @@ def event_object(e: dict[str, Any]) -> dict[str, Any]:
 def job_checkpoints(store: Store, job: dict[str, Any]) -> list[dict[str, Any]]:
     """The job's checkpoints still on disk, newest first, each with the metrics logged at or before it."""
     folder = Path(job["job_dir"]) / "checkpoints"
-    saved = {int(p.name.rsplit("-", 1)[1]): p for p in folder.glob("checkpoint-*") if p.name.rsplit("-", 1)[1].isdigit()} \
-        if folder.is_dir() else {}
+    saved = {int(p.name.rsplit("-", 1)[1]): p for p in folder.glob("checkpoint-*")
+             if p.name.rsplit("-", 1)[1].isdigit() and (p / "trainer_state.json").is_file()} if folder.is_dir() else {}
     if not saved:
         return []
     metrics = [e for e in store.list_events(job["id"], type="metrics") if isinstance(e["data"], dict)]

@@ -4,8 +4,10 @@ the output with its manifest."""
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any, Callable
 
@@ -127,10 +129,33 @@ def quiet(trainer) -> None:
     trainer.remove_callback(PrinterCallback)
 
 
-def last_checkpoint(output_dir: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+LOW_DISK_BYTES = 32 * 1024 * 1024
 
-    return get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+
+def disk_full(error: BaseException, folder: Path) -> bool:
+    """Whether `error` came from a full disk: ENOSPC, or (torch.save reports it as a RuntimeError of
+    its zip writer) a failure while the folder's filesystem has almost no space left."""
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        return True
+    try:
+        return shutil.disk_usage(folder).free < LOW_DISK_BYTES
+    except OSError:
+        return False
+
+
+def last_checkpoint(output_dir: Path) -> str | None:
+    """The newest complete checkpoint (Trainer writes trainer_state.json after the weights, the
+    optimizer and the RNG state); incomplete ones (a full disk or a kill mid-save) are removed so
+    that nothing resumes from them or later mistakes them for complete."""
+    if not output_dir.is_dir():
+        return None
+    found = sorted((int(p.name.rsplit("-", 1)[1]), p) for p in output_dir.glob("checkpoint-*")
+                   if p.is_dir() and p.name.rsplit("-", 1)[1].isdigit())
+    complete = [p for _, p in found if (p / "trainer_state.json").is_file()]
+    for _, p in found:
+        if p not in complete:
+            shutil.rmtree(p, ignore_errors=True)
+    return str(complete[-1]) if complete else None
 
 
 def load_staged(path: Path, cache_dir: Path):

@@ -19,6 +19,7 @@ so they stop together.
 
 from __future__ import annotations
 
+import errno
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,7 +141,16 @@ class Recipe:
                   + (f"; resuming from {Path(resume).name}" if resume else ""),
                   data={"resume_from": resume})
         started = time.monotonic()
-        result = self.trainer.train(resume_from_checkpoint=resume)
+        try:
+            result = self.trainer.train(resume_from_checkpoint=resume)
+        except Exception as e:   # a full disk mid-save: drop the half-written checkpoint, say what is kept
+            full = common.disk_full(e, ctx.work / "checkpoints")     # before the cleanup frees space again
+            kept = common.last_checkpoint(ctx.work / "checkpoints")
+            if not full:
+                raise
+            raise OSError(errno.ENOSPC, f"No space left on device while saving under {ctx.work}; the last "
+                                        f"complete checkpoint is {Path(kept).name if kept else 'none'} (free space, "
+                                        "then resume the job to go on from it)") from e
         if ctx.cancelled:
             return None
         metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
