@@ -99,3 +99,27 @@ def test_a_restarted_runner_gets_time_to_start(tmp_path, monkeypatch):
     for _ in range(5):
         svc.recover(store.get_job("a"))
     assert len(launched) == 1
+
+
+def test_a_version_7_database_gets_the_idempotency_key_and_keeps_its_jobs(tmp_path):
+    """v8 adds fine_tuning_jobs.idempotency_key (unique per project) to a database made at v7."""
+    from sqlalchemy import inspect, text
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'v7.db'}")
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE schema_version (version INTEGER PRIMARY KEY)")
+        conn.exec_driver_sql("INSERT INTO schema_version VALUES (7)")
+        conn.exec_driver_sql("CREATE TABLE fine_tuning_jobs (id VARCHAR(64) PRIMARY KEY, project VARCHAR(64))")
+        conn.exec_driver_sql("INSERT INTO fine_tuning_jobs VALUES ('ftjob-1', 'p')")
+    migrate(engine)
+    cols = {c["name"] for c in inspect(engine).get_columns("fine_tuning_jobs")}
+    assert "idempotency_key" in cols
+    with engine.begin() as conn:
+        assert conn.execute(text("select id from fine_tuning_jobs")).scalar() == "ftjob-1"
+        conn.exec_driver_sql("UPDATE fine_tuning_jobs SET idempotency_key = 'k'")
+        conn.exec_driver_sql("INSERT INTO fine_tuning_jobs (id, project, idempotency_key) VALUES ('ftjob-2', 'q', 'k')")
+    import pytest
+    from sqlalchemy.exc import IntegrityError
+
+    with pytest.raises(IntegrityError), engine.begin() as conn:    # one key, one job per project
+        conn.exec_driver_sql("INSERT INTO fine_tuning_jobs (id, project, idempotency_key) VALUES ('ftjob-3', 'p', 'k')")

@@ -276,9 +276,14 @@ def _migrate_7(conn: Connection) -> None:
 
 def _migrate_8(conn: Connection) -> None:
     """Idempotency keys of job creations: racing retries of one request create one job (NULLs never collide)."""
-    conn.exec_driver_sql("ALTER TABLE fine_tuning_jobs ADD COLUMN idempotency_key VARCHAR(128)")
-    conn.exec_driver_sql("CREATE UNIQUE INDEX ix_fine_tuning_jobs_idempotency ON fine_tuning_jobs "
-                         "(project, idempotency_key)")
+    from sqlalchemy import inspect
+
+    found = inspect(conn)   # migration 7 creates the table from today's columns when it runs first
+    if "idempotency_key" not in {c["name"] for c in found.get_columns("fine_tuning_jobs")}:
+        conn.exec_driver_sql("ALTER TABLE fine_tuning_jobs ADD COLUMN idempotency_key VARCHAR(128)")
+    if "ix_fine_tuning_jobs_idempotency" not in {i["name"] for i in found.get_indexes("fine_tuning_jobs")}:
+        conn.exec_driver_sql("CREATE UNIQUE INDEX ix_fine_tuning_jobs_idempotency ON fine_tuning_jobs "
+                             "(project, idempotency_key)")
 
 
 # version N -> function upgrading a database at version N-1
