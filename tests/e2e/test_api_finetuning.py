@@ -334,6 +334,17 @@ def test_bad_input_is_an_openai_error_naming_its_param_and_creates_nothing(queue
     assert events and events[0].level == "error"
 
 
+def test_the_web_ui_is_served_under_ui_with_its_uploads_bounded(queue, tmp_path):
+    srv, _ = queue
+    for page in ("/ui/", "/ui/jobs", "/ui/datasets", "/ui/registry", "/ui/playground"):
+        r = httpx.get(srv.url + page, timeout=30)
+        assert r.status_code == 200 and "<html" in r.text.lower(), (page, r.status_code)
+    big = b"x" * (2 * 1024 * 1024)                                   # over the server's 1 MiB upload limit
+    r = httpx.post(srv.url + "/ui/datasets", files={"file": ("big.jsonl", big)}, data={"name": "big"}, timeout=30,
+                   headers={"Origin": srv.url})
+    assert r.status_code == 413 and "limit" in r.text
+
+
 def _jsonl(tmp: Path):
     path = tmp / "ok.jsonl"
     path.write_text(json.dumps(_sft_rows()[0]) + "\n")

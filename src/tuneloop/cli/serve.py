@@ -61,11 +61,30 @@ def serve(model: Optional[str] = typer.Option(None, "--model", help="Base model:
     def say(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
+    services = open_services()
+    extensions = api_extensions(services, workers)
+    extensions.mounts.append(("/ui", _ui(services, host, project, api_key, say)))
+    extensions.streamed += ("/ui/datasets",)     # the UI bounds its uploads itself (TUNELOOP_MAX_UPLOAD_BYTES)
     raise typer.Exit(deployments(project).serve(
         model=model, host=host, port=port, api_key=api_key, engine_kind=engine, max_batch=max_batch,
         batch_window_ms=batch_window_ms, default_max_tokens=max_tokens, threads=threads,
         limits=Limits(max_request_bytes, max_request_tokens), model_roots=tuple(model_roots or ()),
-        allow_remote_weights=allow_remote_weights, extensions=api_extensions(open_services(), workers), say=say))
+        allow_remote_weights=allow_remote_weights, extensions=extensions, say=say))
+
+
+def _ui(services, host: str, project: str | None, api_key: str | None, say):
+    """The web UI under /ui of this server: open on localhost (to requests addressed to it); beyond
+    it a token printed here, and the project API keys, let a viewer in."""
+    import secrets
+
+    from tuneloop.ui import create_ui
+    from tuneloop.ui.auth import LOCAL_HOSTS
+
+    token = None if host in LOCAL_HOSTS else secrets.token_urlsafe(24)
+    if token:
+        say(f"Web UI: /ui/?token={token} (opened once it sets a cookie; project API keys work too)")
+    return create_ui(services, project=project, token=token, api_key=api_key,
+                     hosts=None if token else LOCAL_HOSTS)
 
 
 def read_prompts(path: str, samples: int) -> list[tuple[str, str | None]]:

@@ -47,10 +47,11 @@ from tuneloop.serving.weights import WeightPolicy
 class Extensions:
     """What an edge adds to the server (`tuneloop serve`: the fine-tuning API, api/): its routers,
     the models made on demand (`ft:`), work run in threads while the server runs (each is called
-    with a threading.Event set at shutdown), and the POST paths whose bodies the routes stream
-    themselves under their own limit (uploads)."""
+    with a threading.Event set at shutdown), the POST paths whose bodies the routes stream
+    themselves under their own limit (uploads), and sub-apps mounted at a path (the web UI at /ui)."""
 
     routers: list[Any] = field(default_factory=list)
+    mounts: list[tuple[str, Any]] = field(default_factory=list)
     on_demand: OnDemand | None = None
     background: list[Callable[[threading.Event], None]] = field(default_factory=list)
     streamed: tuple[str, ...] = ()
@@ -90,6 +91,8 @@ def create_app(engine: GeneratingEngine, *, deployment: Deployment | None = None
     app.state.on_demand = ext.on_demand
     for router in (health.router, openai.router, admin.router, *ext.routers):
         app.include_router(router)
+    for path, sub in ext.mounts:
+        app.mount(path, sub)
     # TuneloopError through the ExceptionMiddleware (no traceback: a user error); Exception last
     for exc_class in (TuneloopError, RequestValidationError, HTTPException, Exception):
         app.add_exception_handler(exc_class, _error)

@@ -22,6 +22,28 @@ from tuneloop.ui import auth, datasets, jobs, pages, stream
 from tuneloop.ui.render import STATIC, UIState, render
 
 
+class UploadLimit:
+    """Pure ASGI middleware: a POST body over `max_bytes` (TUNELOOP_MAX_UPLOAD_BYTES, default 1 GiB)
+    is answered 413 before a byte is read, and a POST without a Content-Length (browsers always send
+    one for a form) 411, so an upload's size is known and bounded before it is spooled to disk."""
+
+    def __init__(self, app, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope.get("method") == "POST":
+            length = dict(scope.get("headers") or []).get(b"content-length")
+            problem = None
+            if length is None:
+                problem = (411, "Send the form with a Content-Length (a browser does).")
+            elif not length.isdigit() or int(length) > self.max_bytes:
+                problem = (413, f"The upload is larger than this server's limit of {self.max_bytes} bytes; split "
+                                "the file, or raise TUNELOOP_MAX_UPLOAD_BYTES where the UI runs.")
+            if problem is not None:
+                return await PlainTextResponse(problem[1], status_code=problem[0])(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
 def create_ui(services: Any, *, project: str | None = None, token: str | None = None,
               api_key: str | None = None, hosts: tuple[str, ...] | None = None) -> FastAPI:
     """The UI over `services` (`open_services()`). `token`: required from every viewer (`?token=`
@@ -45,6 +67,9 @@ def create_ui(services: Any, *, project: str | None = None, token: str | None = 
     app.add_exception_handler(auth.LoginRequired, _login)
     app.add_exception_handler(auth.StartSession, _start_session)
     app.add_exception_handler(auth.Refused, _refused)
+    from tuneloop.service.finetuning import max_upload_bytes
+
+    app.add_middleware(UploadLimit, max_bytes=max_upload_bytes())
     return app
 
 
