@@ -105,3 +105,27 @@ A11Y = """() => {
     bad.push(`wider than the screen: ${document.documentElement.scrollWidth} > ${window.innerWidth}`);
   return bad;
 }"""
+
+
+def fake_job(store, job_id: str, *, technique: str = "sft", steps: int = 0, metrics: dict | None = None,
+             state: str = "completed", loss=lambda s: 2.0 / (1 + s), training_type: str = "lora",
+             output_path: str | None = None) -> dict:
+    """A job row with `steps` metric events (loss and learning rate per step), inserted straight
+    into the store in one transaction, as a runner would have left them."""
+    from sqlalchemy import insert
+
+    from tuneloop.store.db import events, utcnow
+
+    assert store.insert_job(dict(id=job_id, project="default", technique=technique, training_type=training_type,
+                                 model="tuneloop/tiny-qwen3", dataset="facts@v1", spec={}, plan=None,
+                                 job_dir="/nonexistent", dataset_rows=10, total_steps=steps, active_key=None))
+    key = "reward" if technique in ("grpo", "rlvr", "ppo") else "loss"
+    rows = [dict(job_id=job_id, created_at=utcnow(), level="info", type="metrics", message="",
+                 data={"step": s, key: loss(s), "learning_rate": 1e-4 * (1 - s / max(steps, 1))})
+            for s in range(1, steps + 1)]
+    if rows:
+        with store.engine.begin() as conn:
+            conn.execute(insert(events), rows)
+    store.update_job(job_id, state=state, step=steps, metrics=metrics, output_path=output_path,
+                     loss=loss(steps) if steps else None)
+    return store.get_job(job_id)

@@ -13,14 +13,27 @@
     panels[fig.dataset.metric] = { fig: fig, points: data ? JSON.parse(data.textContent) : [] };
   });
   function fmt(v) { return Number(v.toPrecision(4)).toString(); }
+  var BUCKETS = 500;                              // charts.py's BUCKETS: the same downsampling
+  function downsample(pts) {
+    if (pts.length <= BUCKETS) { return { drawn: pts, band: [] }; }
+    var drawn = [], band = [], n = pts.length;
+    for (var b = 0; b < BUCKETS; b++) {
+      var run = pts.slice(Math.floor(b * n / BUCKETS), Math.floor((b + 1) * n / BUCKETS)), sum = 0, lo = Infinity, hi = -Infinity;
+      run.forEach(function (q) { sum += q[1]; lo = Math.min(lo, q[1]); hi = Math.max(hi, q[1]); });
+      drawn.push([run[run.length - 1][0], sum / run.length]); band.push([run[run.length - 1][0], lo, hi]);
+    }
+    return { drawn: drawn, band: band };
+  }
   function draw(p) {
-    var pts = p.points, xs = pts.map(function (q) { return q[0]; }), ys = pts.map(function (q) { return q[1]; });
+    var pts = p.points;
     if (!pts.length) { return; }
-    var x0 = Math.min.apply(null, xs), x1 = Math.max.apply(null, xs), y0 = Math.min.apply(null, ys), y1 = Math.max.apply(null, ys);
+    var d = downsample(pts), x0 = pts[0][0], x1 = pts[pts.length - 1][0], y0 = Infinity, y1 = -Infinity;
+    pts.forEach(function (q) { y0 = Math.min(y0, q[1]); y1 = Math.max(y1, q[1]); });
     var dx = (x1 - x0) || 1, dy = (y1 - y0) || 1;
-    p.fig.querySelector("polyline").setAttribute("points", pts.map(function (q) {
-      return (L + (q[0] - x0) / dx * (R - L)).toFixed(1) + "," + (B - (q[1] - y0) / dy * (B - T)).toFixed(1);
-    }).join(" "));
+    function xy(s, v) { return (L + (s - x0) / dx * (R - L)).toFixed(1) + "," + (B - (v - y0) / dy * (B - T)).toFixed(1); }
+    p.fig.querySelector("polyline").setAttribute("points", d.drawn.map(function (q) { return xy(q[0], q[1]); }).join(" "));
+    p.fig.querySelector("polygon.band").setAttribute("points", d.band.map(function (q) { return xy(q[0], q[2]); })
+      .concat(d.band.slice().reverse().map(function (q) { return xy(q[0], q[1]); })).join(" "));
     var last = pts[pts.length - 1];
     p.fig.querySelector(".last").textContent = fmt(last[1]) + " at step " + last[0];
     p.fig.querySelector(".lo").textContent = "min " + fmt(y0);
