@@ -7,7 +7,8 @@ import importlib.util
 from datetime import datetime, timedelta
 from pathlib import Path
 
-SPEC = importlib.util.spec_from_file_location("scale_out", Path(__file__).resolve().parents[2] / "bench" / "scale_out.py")
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "scale_out.py"
+SPEC = importlib.util.spec_from_file_location("scale_out", BENCH)
 scale_out = importlib.util.module_from_spec(SPEC)
 SPEC.loader.exec_module(scale_out)
 
