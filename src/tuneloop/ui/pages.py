@@ -1,6 +1,6 @@
-"""The overview pages: `/` (where things stand, what to do next), `/registry` (registered versions
-with their lineage and metrics), `/playground` (a question to the base and a tuned model side by
-side, through the project's running `tuneloop serve`)."""
+"""The overview pages: `/` (where things stand, what to do next), `/playground` (a question to the
+base and a tuned model side by side, through the project's running `tuneloop serve`; the page's
+script streams both answers through `/playground/stream`, the form works without it)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,6 @@ from tuneloop.errors import TuneloopError
 from tuneloop.ui.render import render, ui, viewer
 
 router = APIRouter()
-SHOWN_METRICS = ("train_loss", "final_loss", "eval_loss", "eval_exact_match", "final_reward", "eval_reward",
-                 "final_rewards/accuracies", "eval_rewards/accuracies", "train_runtime")
 
 
 @router.get("/")
@@ -22,19 +20,6 @@ def home(request: Request):
     services, project = ui(request).services, viewer(request).project
     return render(request, "home.html", jobs=services.store.find_jobs(project, limit=5),
                   datasets=services.datasets.list(), packages=services.store.list_packages(project=project))
-
-
-@router.get("/registry")
-def registry(request: Request):
-    store, project = ui(request).services.store, viewer(request).project
-    exports: dict[tuple[str, int], list[dict]] = {}
-    for a in store.list_artifacts(None):
-        exports.setdefault((a["group_name"], a["version"]), []).append(a)
-    packages = [p | {"artifacts": exports.get((p["group_name"], p["version"]), []),
-                     "shown": {k: v for k, v in (p.get("metrics") or {}).items()
-                               if k in SHOWN_METRICS and isinstance(v, (int, float))}}
-                for p in store.list_packages(project=project)]
-    return render(request, "registry.html", packages=packages)
 
 
 def _playground(request: Request, question: str = "", model: str | None = None, max_tokens: int = 64,
