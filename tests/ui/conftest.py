@@ -4,6 +4,7 @@ go to $TUNELOOP_UI_ARTIFACTS, else the test's tmp dir; the path is printed."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -29,13 +30,13 @@ class UIProcess:
         self.url, self.proc, self.log = url, proc, log
 
 
-@pytest.fixture
-def ui_server(home, tmp_path):
+@contextlib.contextmanager
+def start_ui(log: Path, *args: str):
+    """`tuneloop ui ARGS` on a free port of 127.0.0.1, until the block ends."""
     port = free_port()
-    log = tmp_path / "ui.log"
     with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "tuneloop", "ui", "--host", "127.0.0.1", "--port", str(port)],
-                                stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ), cwd=REPO)
+        proc = subprocess.Popen([sys.executable, "-m", "tuneloop", "ui", "--host", "127.0.0.1", "--port", str(port),
+                                 *args], stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ), cwd=REPO)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while True:
@@ -48,12 +49,20 @@ def ui_server(home, tmp_path):
             proc.kill()
             pytest.fail(f"tuneloop ui did not start:\n{log.read_text()}")
         time.sleep(0.2)
-    yield UIProcess(url, proc, log)
-    proc.terminate()
     try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+        yield UIProcess(url, proc, log)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture
+def ui_server(home, tmp_path):
+    with start_ui(tmp_path / "ui.log") as server:
+        yield server
 
 
 @pytest.fixture

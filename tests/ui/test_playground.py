@@ -82,3 +82,80 @@ def test_base_and_tuned_answers_side_by_side(served):
     k.post("/login", data={"secret": project_key, "next": "/playground"})
     r = k.post("/playground", data={"question": question, "model": "tuned-sft"})
     assert answer in r.text.split("Tuned: tuned-sft</h2>", 1)[1].split("</pre>", 1)[0]
+
+
+def streamed_text(body: str) -> str:
+    """The answer in a chat-completions SSE body."""
+    text = ""
+    for line in body.splitlines():
+        if line.startswith("data: ") and line != "data: [DONE]":
+            delta = json.loads(line[6:])["choices"][0]["delta"]
+            text += delta.get("content") or ""
+    return text
+
+
+def test_streamed_answers_and_a_registry_deploy_into_the_running_server(served):
+    from tuneloop.ui import create_ui
+
+    question, answer = CAPITALS[0]["prompt"], CAPITALS[0]["completion"]
+    c = TestClient(create_ui(served, api_key=KEY))
+    with c.stream("POST", "/playground/stream", data={"question": question, "model": "tuned-sft",
+                                                      "max_tokens": "32"}) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        chunks = [chunk for chunk in r.iter_text()]
+    body = "".join(chunks)
+    assert streamed_text(body) == answer and body.rstrip().endswith("data: [DONE]")
+    base = c.post("/playground/stream", data={"question": question, "model": "tuneloop/tiny-qwen3", "max_tokens": "32"})
+    assert streamed_text(base.text) != answer
+
+    unknown = c.post("/playground/stream", data={"question": question, "model": "nope"})
+    assert unknown.status_code == 404 and unknown.text.startswith("Server: ")
+    nokey = TestClient(create_ui(served)).post("/playground/stream", data={"question": question, "model": "tuned-sft"})
+    assert nokey.status_code == 401 and "requires an API key" in nokey.text
+
+    # the registry's Deploy loads the version into the running server: the playground can pick it
+    page = c.get("/registry").text
+    assert "The project's server runs at" in page
+    r = c.post("/registry/deploy", data={"group": "default-tune-models", "version": "1", "name": "tune-models-v1"})
+    assert "Adapter tune-models-v1 deployed from default-tune-models v1 (loaded into the running server" in r.text
+    assert 'tune-models-v1 (adapter)</option>' in c.get("/playground").text
+    again = c.post("/playground/stream", data={"question": question, "model": "tune-models-v1", "max_tokens": "32"})
+    assert streamed_text(again.text) == answer
+
+
+@pytest.mark.slow
+def test_the_page_streams_both_answers_side_by_side(served, browser, artifacts, tmp_path):
+    from tests.ui.conftest import start_ui
+    from tests.ui.test_browser import check_a11y
+
+    question, answer = CAPITALS[0]["prompt"], CAPITALS[0]["completion"]
+    t0 = time.monotonic()
+    with start_ui(tmp_path / "ui.log", "--api-key", KEY) as ui_server:
+        print(f"ui up after {time.monotonic() - t0:.1f}s")
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page.set_default_timeout(120_000)
+        page.goto(ui_server.url + "/playground")
+        check_a11y(page, "playground with a server")
+        page.get_by_label("Question").fill(question)
+        page.get_by_label("Tuned model").select_option("tuned-sft")
+        page.get_by_label("Max tokens").fill("16")
+        page.evaluate("window.__same_page = true")
+        page.get_by_role("button", name="Ask both").click()
+        page.wait_for_function("() => document.getElementById('live').dataset.done === 'yes'")
+        assert page.evaluate("window.__same_page") is True             # streamed in place, no form post
+        assert page.locator("#live-tuned-text").inner_text().strip() == answer
+        base = page.locator("#live-base-text").inner_text()
+        assert base and base.strip() != answer                        # the untrained base answers otherwise
+        assert page.locator("#live-tuned").inner_text() == "Tuned: tuned-sft"
+        print(f"streamed after {time.monotonic() - t0:.1f}s")
+        check_a11y(page, "playground answered")
+        page.screenshot(path=str(artifacts / "playground.png"))
+
+        # without script the form posts and the server renders both answers
+        context = browser.new_context(java_script_enabled=False)
+        plain = context.new_page()
+        plain.goto(ui_server.url + "/playground")
+        plain.get_by_label("Question").fill(question)
+        plain.get_by_role("button", name="Ask both").click()
+        assert answer in plain.locator("section.answer", has_text="Tuned: tuned-sft").inner_text()
+        context.close()

@@ -18,7 +18,7 @@ from fastapi.responses import PlainTextResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
 from tuneloop.errors import TuneloopError
-from tuneloop.ui import auth, compare, datasets, jobs, pages, registry, stream
+from tuneloop.ui import auth, compare, datasets, jobs, pages, playground, registry, stream
 from tuneloop.ui.render import STATIC, UIState, render
 
 
@@ -61,7 +61,7 @@ def create_ui(services: Any, *, project: str | None = None, token: str | None = 
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
     app.include_router(auth.router)
     guarded = [Depends(auth.require_viewer)]
-    for module in (pages, registry, datasets, jobs, compare, stream):
+    for module in (pages, registry, playground, datasets, jobs, compare, stream):
         app.include_router(module.router, dependencies=guarded)
     app.add_exception_handler(TuneloopError, _error_page)
     app.add_exception_handler(auth.LoginRequired, _login)
