@@ -14,7 +14,7 @@ import pytest
 from tests.conftest import DEMO_DATA
 from tests.ui.conftest import A11Y
 
-STEPS = 300          # long enough (tens of seconds on a busy CPU) to reload the page mid-run
+STEPS = 800          # long enough to reload the page mid-run: ~30 s on a quiet 2-core CPU, minutes on a busy one
 
 
 def points(page, metric: str = "loss") -> int:
