@@ -102,6 +102,7 @@ def test_upload_plan_train_watch_reload_complete_registry(ui_server, browser, ar
     drawn = points(page)
     assert drawn > seen and f"at step {STEPS}" in page.locator('.panel[data-metric="loss"] .last').inner_text()
     page.screenshot(path=str(artifacts / "5-job-completed.png"), full_page=True)
+    page.screenshot(path=str(artifacts / "job.png"))                 # the README's (docs/screenshots/job.png)
     page.get_by_role("link", name="Jobs", exact=True).click()
     assert "completed" in page.locator("tbody tr").first.inner_text()
     check_a11y(page, "jobs")

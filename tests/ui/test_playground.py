@@ -146,6 +146,8 @@ def test_the_page_streams_both_answers_side_by_side(served, browser, artifacts, 
         assert page.locator("#live-tuned-text").inner_text().strip() == answer
         base = page.locator("#live-base-text").inner_text()
         assert base and base.strip() != answer                        # the untrained base answers otherwise
+        if not base.strip():                                          # newlines only: the page says so
+            assert "only whitespace" in page.locator("#live section").first.locator(".blank").inner_text()
         assert page.locator("#live-tuned").inner_text() == "Tuned: tuned-sft"
         print(f"streamed after {time.monotonic() - t0:.1f}s")
         check_a11y(page, "playground answered")

@@ -47,14 +47,17 @@ def test_deploy_and_export_a_registered_version(trained, tmp_path):
     missing = c.post("/registry/deploy", data={"group": "default-tune-models", "version": "9", "name": "x"})
     assert missing.status_code == 400 and "No registered version default-tune-models v9" in missing.text
 
-    out = tmp_path / "merged"
+    out = services.settings.home / "exports" / "tune-models-v1"
     r = c.post("/registry/export", data={"group": "default-tune-models", "version": "1", "format": "merged",
-                                         "output": str(out), "verify": "on"})
+                                         "output": "tune-models-v1", "verify": "on"})
     assert r.status_code == 200, r.text[:600]
     assert f"merged export of default-tune-models v1: {out}" in r.text and "verified" in r.text
     assert (out / "config.json").exists()
     [a] = services.store.list_artifacts("default-tune-models", 1)
     assert a["format"] == "merged" and f"merged: <code>{a['path']}</code>" in r.text
     bad = c.post("/registry/export", data={"group": "default-tune-models", "version": "1", "format": "onnx",
-                                           "output": str(tmp_path / "x")})
+                                           "output": "x"})
     assert bad.status_code == 400 and "Could not export" in bad.text and "merged" in bad.text
+    elsewhere = c.post("/registry/export", data={"group": "default-tune-models", "version": "1", "format": "merged",
+                                                 "output": str(tmp_path / "x")})     # a path, not a folder name
+    assert elsewhere.status_code == 400 and "is not a folder name" in elsewhere.text and not (tmp_path / "x").exists()

@@ -14,7 +14,7 @@ from typing import Any
 from fastapi import APIRouter, Form, Request
 from starlette.concurrency import run_in_threadpool
 
-from tuneloop.errors import NotFoundError, TuneloopError
+from tuneloop.errors import NotFoundError, TuneloopError, ValidationError
 from tuneloop.export import FORMATS
 from tuneloop.export.gguf_writer import QUANTS
 from tuneloop.service.exports import export
@@ -41,7 +41,7 @@ def _context(request: Request, **extra: Any) -> dict[str, Any]:
     deployed = {d["path"]: d["name"] for d in deps.deployed()}
     packages = [p | {"artifacts": exports.get((p["group_name"], p["version"]), []), "serve_name": serve_name(p, project),
                      "deployed_as": deployed.get(p["output_path"]),
-                     "export_dir": str(services.settings.home / "exports" / serve_name(p, project)),
+                     "export_name": serve_name(p, project),
                      "shown": {k: v for k, v in (p.get("metrics") or {}).items()
                                if k in SHOWN_METRICS and isinstance(v, (int, float))}}
                 for p in store.list_packages(project=project)]
@@ -49,7 +49,13 @@ def _context(request: Request, **extra: Any) -> dict[str, Any]:
         server = deps.running_server()
     except TuneloopError:
         server = None
-    return {"packages": packages, "server": server, "project": project, "formats": FORMATS, "quants": QUANTS} | extra
+    return {"packages": packages, "server": server, "project": project, "formats": FORMATS, "quants": QUANTS,
+            "exports_dir": exports_dir(request)} | extra
+
+
+def exports_dir(request: Request) -> Path:
+    """Where the UI's exports go: a viewer names a folder in it, never a path elsewhere on this machine."""
+    return Path(ui(request).services.settings.home) / "exports"
 
 
 def _package(request: Request, group: str, version: int) -> dict[str, Any]:
@@ -88,11 +94,15 @@ async def deploy(request: Request, group: str = Form(...), version: int = Form(.
     return render(request, "registry.html", 400 if "error" in ctx else 200, **ctx)
 
 
-def _export(request: Request, group: str, version: int, fmt: str, output: str, quant: str | None,
+def _export(request: Request, group: str, version: int, fmt: str, folder: str, quant: str | None,
             verify: bool) -> dict[str, Any]:
     try:
         _package(request, group, version)
-        result, artifact = export(ui(request).services.store, f"{group}@v{version}", fmt, Path(output),
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", folder):
+            raise ValidationError(f"{folder!r} is not a folder name.", param="output",
+                                  hint="Use letters, digits, '.', '_' and '-' (the folder is made under "
+                                       f"{exports_dir(request)}); for another place run tuneloop export ... --output DIR.")
+        result, artifact = export(ui(request).services.store, f"{group}@v{version}", fmt, exports_dir(request) / folder,
                                   quant=quant, verify=verify, project=viewer(request).project)
     except TuneloopError as e:
         return _context(request, error=e, error_title=f"Could not export {group} v{version}")

@@ -9,9 +9,19 @@
   var live = document.getElementById("live");
   function ask(model, out, done) {
     var body = new URLSearchParams({ question: form.question.value, model: model, max_tokens: form.max_tokens.value });
+    var blank = out.parentNode.querySelector(".blank");
     out.textContent = "";
+    blank.hidden = true;
     out.setAttribute("aria-busy", "true");
-    function finish(note) { if (note) { out.textContent += note; } out.removeAttribute("aria-busy"); done(); }
+    function finish(note) {
+      if (note) { out.textContent += note; }
+      if (!out.textContent.trim()) {              // an answer of newlines would look like no answer
+        blank.textContent = "(the answer is only whitespace: " + out.textContent.length + " characters)";
+        blank.hidden = false;
+      }
+      out.removeAttribute("aria-busy");
+      done();
+    }
     fetch(form.dataset.stream, { method: "POST", body: body, credentials: "same-origin" }).then(function (r) {
       if (!r.ok) { return r.text().then(function (t) { finish("⚠ " + t); }); }
       var reader = r.body.getReader(), decoder = new TextDecoder(), buffer = "";
