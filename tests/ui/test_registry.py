@@ -11,18 +11,23 @@ from fastapi.testclient import TestClient
 from tests.conftest import DEMO_DATA
 
 
-@pytest.fixture
-def trained(home):
-    from tuneloop.service.app import open_services
+def train(services, training_type: str = "lora") -> str:
     from tuneloop.service.runner import run_job
     from tuneloop.spec import TuneRequest
 
-    services = open_services()
-    job = services.jobs.submit(services.jobs.prepare(TuneRequest(technique="sft", dataset=str(DEMO_DATA / "sft.jsonl"),
-                                                                 hyperparameters={"max_steps": 5})),
-                               launch=False).job
+    req = TuneRequest(technique="sft", dataset=str(DEMO_DATA / "sft.jsonl"), training_type=training_type,
+                      hyperparameters={"max_steps": 5})
+    job = services.jobs.submit(services.jobs.prepare(req), launch=False).job
     assert run_job(services.store, job["id"]) == "completed", services.jobs.get(job["id"])["error"]
-    return services, job["id"]
+    return job["id"]
+
+
+@pytest.fixture
+def trained(home):
+    from tuneloop.service.app import open_services
+
+    services = open_services()
+    return services, train(services)
 
 
 def test_deploy_and_export_a_registered_version(trained, tmp_path):
@@ -61,3 +66,20 @@ def test_deploy_and_export_a_registered_version(trained, tmp_path):
     elsewhere = c.post("/registry/export", data={"group": "default-tune-models", "version": "1", "format": "merged",
                                                  "output": str(tmp_path / "x")})     # a path, not a folder name
     assert elsewhere.status_code == 400 and "is not a folder name" in elsewhere.text and not (tmp_path / "x").exists()
+
+
+def test_a_full_model_version_deploys_as_an_inference_component(home):
+    from tuneloop.service.app import open_services
+    from tuneloop.ui import create_ui
+
+    services = open_services()
+    job_id = train(services, "full")
+    [p] = services.store.list_packages(project="default")
+    assert p["output_type"] != "adapter"
+    c = TestClient(create_ui(services))
+    assert "Deploy as an inference component" in c.get("/registry").text
+    r = c.post("/registry/deploy", data={"group": p["group_name"], "version": str(p["version"]), "name": "full-v1"})
+    assert r.status_code == 200, r.text[:600]
+    assert "Inference component full-v1 deployed from" in r.text
+    [d] = services.deployments("default").deployed("ic")
+    assert (d["name"], d["job_id"]) == ("full-v1", job_id)
