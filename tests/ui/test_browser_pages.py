@@ -85,3 +85,21 @@ def test_the_new_job_form_with_the_keyboard_alone(services, ui_server, browser):
     tab_to("Cancel job")
     page.keyboard.press("Enter")
     page.wait_for_function("() => /cancelled/.test(document.getElementById('job-state').textContent)")
+
+
+def test_a_live_long_curve_is_redrawn_downsampled(services, ui_server, browser):
+    from tuneloop.ui.charts import BUCKETS
+
+    store = services.store
+    fake_job(store, "default-sft-live", steps=2_000, state="running")
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(ui_server.url + "/jobs/default-sft-live")
+    store.add_event("default-sft-live", "", type="metrics", data={"step": 2_001, "loss": 5.0, "learning_rate": 1e-5})
+    page.wait_for_function("() => /at step 2001/.test(document.querySelector('.panel[data-metric=\"loss\"] .last')"
+                           ".textContent)", timeout=30_000)
+    panel = page.locator('.panel[data-metric="loss"]')
+    assert len(panel.locator("polyline").get_attribute("points").split()) == BUCKETS
+    band = panel.locator("polygon.band").get_attribute("points").split()
+    assert len(band) == 2 * BUCKETS and min(float(p.split(",")[1]) for p in band) == 8.0   # the new 5.0 tops it
+    assert "max 5" in panel.inner_text()
+    store.update_job("default-sft-live", state="cancelled")
