@@ -79,8 +79,15 @@ def test_runners_killed_at_random_steps_complete_every_job_exactly_once(trainer,
     assert restarted >= 5, restarted          # most were killed mid-run and restarted, not just finished
 
 
-def test_a_locked_database_under_32_concurrent_writers_is_waited_for_never_a_500(trainer, tmp_path):
-    srv, keys = trainer
+@pytest.fixture(scope="module")
+def queue(tmp_path_factory, models_dir):
+    srv, keys = _server(tmp_path_factory, models_dir, "faults-queue", 0)     # nothing trains: jobs stay queued
+    yield srv, keys
+    srv.stop()
+
+
+def test_a_locked_database_under_32_concurrent_writers_is_waited_for_never_a_500(queue, tmp_path):
+    srv, keys = queue
     c = srv.client(keys["team-b"])
     f = _upload(c, tmp_path, "capitals.jsonl", _sft_rows())
     db = sqlite3.connect(srv.home / "home" / "tuneloop.db", timeout=30, isolation_level=None,
@@ -150,3 +157,29 @@ def test_a_full_disk_while_saving_a_checkpoint_fails_the_job_clearly_and_keeps_t
             subprocess.run(["umount", str(checkpoints)], capture_output=True)
     finally:
         srv.stop()
+
+
+def _peak_rss_mb(pid: int) -> float:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_a_2_gb_upload_is_streamed_to_disk_and_refused_at_the_limit_without_growing_the_server(queue, tmp_path):
+    """2 GiB against the default 1 GiB limit: 413 naming `file`, nothing kept, and the server's
+    peak memory grows by far less than the file (it is never held in memory)."""
+    import httpx
+
+    srv, keys = queue
+    big = tmp_path / "huge.jsonl"
+    with big.open("wb") as f:
+        f.truncate(2 * 1024 ** 3)                   # sparse: the disk holds none of it
+    before = _peak_rss_mb(srv.proc.pid)
+    with big.open("rb") as body:
+        r = httpx.post(srv.url + "/v1/files", files={"file": ("huge.jsonl", body)}, data={"purpose": "fine-tune"},
+                       headers={"Authorization": f"Bearer {keys['team-a']}"}, timeout=600)
+    assert r.status_code == 413 and r.json()["error"]["param"] == "file", r.text
+    assert _peak_rss_mb(srv.proc.pid) - before < 200, (before, _peak_rss_mb(srv.proc.pid))
+    folder = srv.home / "home" / "files" / "team-a"
+    assert not list(folder.glob(".upload-*")) and not list(folder.glob("file-*"))
