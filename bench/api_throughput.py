@@ -9,6 +9,8 @@ TUNELOOP_HOME (the built-in model; nothing trains):
    p99 under 100 ms on this 2-core machine. One job is made through the API; the others are
    inserted with the store's own calls as copies of it (a creation runs the whole prepare, which
    is not what this measures).
+   The clients run in this process on the same 2 cores, so the server's own CPU per request is
+   reported too (from /proc): it is what a faster client machine would see the server need.
 2. upload MB/s of a --upload-mb MB JSONL file through `POST /v1/files` (streamed multipart, the
    openai client) vs the baseline: `shutil.copyfileobj` of the same file to the same disk, the
    fastest a byte can go from one file to another here.
@@ -76,7 +78,7 @@ def seed_jobs(home: Path, file_id: str, template: dict, n: int) -> list[str]:
     return ids
 
 
-def hammer(url: str, paths: list[str], clients: int, seconds: float) -> dict:
+def hammer(url: str, paths: list[str], clients: int, seconds: float, server_pid: int | None = None) -> dict:
     latencies: list[float] = []
     errors = [0]
     lock = threading.Lock()
@@ -97,15 +99,26 @@ def hammer(url: str, paths: list[str], clients: int, seconds: float) -> dict:
             latencies.extend(mine)
 
     threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    cpu0 = server_cpu(server_pid)
     started = time.monotonic()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     wall = time.monotonic() - started
+    cpu = server_cpu(server_pid) - cpu0
     q = statistics.quantiles(latencies, n=100)
     return {"requests": len(latencies), "rps": len(latencies) / wall, "p50_ms": q[49] * 1000,
-            "p99_ms": q[98] * 1000, "errors": errors[0]}
+            "p99_ms": q[98] * 1000, "errors": errors[0], "server_cpu_ms_per_request": cpu * 1000 / len(latencies),
+            "server_cpu_share": cpu / wall}
+
+
+def server_cpu(pid: int | None) -> float:
+    """CPU seconds the server process has used (user + system), from /proc."""
+    if pid is None:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> None:
@@ -141,12 +154,12 @@ def main() -> None:
                     "plan": row["plan"], "method": store.finetuning.get_job("default", first.id)["method"]}
         ids = [first.id] + seed_jobs(home, f.id, template, args.jobs - 1)
         print(f"{len(ids)} jobs in the database; {args.clients} clients, {args.seconds:g} s each")
-        listing = hammer(url, ["/v1/fine_tuning/jobs?limit=20"], args.clients, args.seconds)
-        print(f"list (limit 20): {listing['rps']:.0f} req/s, p50 {listing['p50_ms']:.1f} ms, "
-              f"p99 {listing['p99_ms']:.1f} ms, {listing['errors']} errors")
-        retrieve = hammer(url, [f"/v1/fine_tuning/jobs/{i}" for i in ids], args.clients, args.seconds)
-        print(f"retrieve: {retrieve['rps']:.0f} req/s, p50 {retrieve['p50_ms']:.1f} ms, "
-              f"p99 {retrieve['p99_ms']:.1f} ms, {retrieve['errors']} errors")
+        for name, paths in (("list (limit 20)", ["/v1/fine_tuning/jobs?limit=20"]),
+                            ("retrieve", [f"/v1/fine_tuning/jobs/{i}" for i in ids])):
+            r = hammer(url, paths, args.clients, args.seconds, proc.pid)
+            print(f"{name}: {r['rps']:.0f} req/s, p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, "
+                  f"{r['errors']} errors; the server used {r['server_cpu_ms_per_request']:.2f} CPU ms a request "
+                  f"({r['server_cpu_share']:.2f} cores; the clients, in this process, the rest)")
 
         big = tmp / "big.jsonl"
         line = json.dumps({"messages": [{"role": "user", "content": "x" * 480},

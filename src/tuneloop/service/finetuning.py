@@ -270,14 +270,16 @@ class FineTuningService:
         return row
 
     def retrieve(self, project: str, job_id: str) -> dict[str, Any]:
-        rec = self._record(project, job_id)
-        return job_object(rec, self.store.get_job(job_id) if rec["status"] in ("submitted", "paused") else None)
+        found = self.store.finetuning.get_with_job(project, job_id)
+        if found is None:
+            self._record(project, job_id)      # raises the 404
+        rec, job = found
+        return job_object(rec, job if rec["status"] in ("submitted", "paused") else None)
 
     def list(self, project: str, after: str | None, limit: int, metadata: dict[str, str] | None) -> dict[str, Any]:
         limit = _limit(limit)
-        rows = self.store.finetuning.list_jobs(project, after, limit + 1, metadata)
-        objs = [job_object(r, self.store.get_job(r["id"]) if r["status"] in ("submitted", "paused") else None)
-                for r in rows[:limit]]
+        rows = self.store.finetuning.list_with_jobs(project, after, limit + 1, metadata)
+        objs = [job_object(r, j if r["status"] in ("submitted", "paused") else None) for r, j in rows[:limit]]
         return page(objs, len(rows) > limit)
 
     def cancel(self, project: str, job_id: str) -> dict[str, Any]:
@@ -365,12 +367,8 @@ class FineTuningService:
 
     def served_names(self, project: str) -> list[str]:
         """The project's succeeded `ft:` models (for /v1/models)."""
-        out = []
-        for rec in self.store.finetuning.list_jobs(project, limit=1000):
-            job = self.store.get_job(rec["id"]) if rec["status"] == "submitted" else None
-            if job is not None and job["state"] == "completed":
-                out.append(rec["fine_tuned_model"])
-        return out
+        return [rec["fine_tuned_model"] for rec, job in self.store.finetuning.list_with_jobs(project, limit=10000)
+                if rec["status"] in ("submitted", "paused") and job is not None and job["state"] == "completed"]
 
     # ---- workers ------------------------------------------------------------------------------------------
     def dispatch(self, workers: int) -> list[str]:

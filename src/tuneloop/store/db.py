@@ -267,6 +267,7 @@ fine_tuning_jobs = Table(
     Column("finished_at", DateTime),                         # of a job that never reached the runner
     Column("idempotency_key", String(128)),                  # v8: the client's Idempotency-Key header
     Index("ix_fine_tuning_jobs_idempotency", "project", "idempotency_key", unique=True),
+    Index("ix_fine_tuning_jobs_listing", "project", "created_at", "id"),   # v8: newest-first pages
 )
 
 
@@ -275,15 +276,20 @@ def _migrate_7(conn: Connection) -> None:
 
 
 def _migrate_8(conn: Connection) -> None:
-    """Idempotency keys of job creations: racing retries of one request create one job (NULLs never collide)."""
+    """Idempotency keys of job creations (racing retries of one request create one job; NULLs never
+    collide) and the index newest-first job pages read."""
     from sqlalchemy import inspect
 
     found = inspect(conn)   # migration 7 creates the table from today's columns when it runs first
     if "idempotency_key" not in {c["name"] for c in found.get_columns("fine_tuning_jobs")}:
         conn.exec_driver_sql("ALTER TABLE fine_tuning_jobs ADD COLUMN idempotency_key VARCHAR(128)")
-    if "ix_fine_tuning_jobs_idempotency" not in {i["name"] for i in found.get_indexes("fine_tuning_jobs")}:
+    indexes = {i["name"] for i in found.get_indexes("fine_tuning_jobs")}
+    if "ix_fine_tuning_jobs_idempotency" not in indexes:
         conn.exec_driver_sql("CREATE UNIQUE INDEX ix_fine_tuning_jobs_idempotency ON fine_tuning_jobs "
                              "(project, idempotency_key)")
+    if "ix_fine_tuning_jobs_listing" not in indexes and "created_at" in {
+            c["name"] for c in found.get_columns("fine_tuning_jobs")}:
+        conn.exec_driver_sql("CREATE INDEX ix_fine_tuning_jobs_listing ON fine_tuning_jobs (project, created_at, id)")
 
 
 # version N -> function upgrading a database at version N-1

@@ -76,6 +76,33 @@ class FineTuningStore:
                 .mappings().first()
         return dict(row) if row else None
 
+    def get_with_job(self, project: str, job_id: str) -> tuple[dict[str, Any], dict[str, Any] | None] | None:
+        """A record and what its `fine_tuning.job` object shows of its tuneloop job, in one query."""
+        q = select(fine_tuning_jobs, *JOB_VIEW).outerjoin(jobs, jobs.c.id == fine_tuning_jobs.c.id) \
+            .where(and_(fine_tuning_jobs.c.id == job_id, fine_tuning_jobs.c.project == project))
+        with self.engine.connect() as conn:
+            row = conn.execute(q).mappings().first()
+        return None if row is None else _split(row)
+
+    def list_with_jobs(self, project: str, after: str | None = None, limit: int = 20,
+                       metadata: dict[str, str] | None = None) -> list[tuple[dict[str, Any], dict[str, Any] | None]]:
+        """list_jobs with each record's job view, in one query."""
+        q = _page(select(fine_tuning_jobs, *JOB_VIEW).outerjoin(jobs, jobs.c.id == fine_tuning_jobs.c.id)
+                  .where(fine_tuning_jobs.c.project == project), fine_tuning_jobs, self.engine, project, after, True)
+        return [_split(r) for r in self._select(q, limit, metadata)]
+
+    def _select(self, q, limit: int, metadata: dict[str, str] | None) -> list[Any]:
+        with self.engine.connect() as conn:
+            if not metadata:
+                return list(conn.execute(q.limit(limit)).mappings())
+            out = []
+            for r in conn.execute(q).mappings():   # JSON filters differ by database: filter here
+                if all((r["metadata"] or {}).get(k) == v for k, v in metadata.items()):
+                    out.append(r)
+                    if len(out) == limit:
+                        break
+            return out
+
     def list_jobs(self, project: str, after: str | None = None, limit: int = 20,
                   metadata: dict[str, str] | None = None) -> list[dict[str, Any]]:
         """Newest first, from the record after `after` (OpenAI's cursor), at most `limit`."""
@@ -113,6 +140,19 @@ class FineTuningStore:
              .where(jobs.c.state == "running"))
         with self.engine.connect() as conn:
             return [dict(r) for r in conn.execute(q).mappings()]
+
+
+# the tuneloop job's columns a fine_tuning.job object shows (not its spec)
+JOB_VIEW = (jobs.c.state.label("job_state"), jobs.c.finished_at.label("job_finished_at"),
+            jobs.c.started_at.label("job_started_at"), jobs.c.plan.label("job_plan"),
+            jobs.c.error.label("job_error"), jobs.c.metrics.label("job_metrics"))
+
+
+def _split(row) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    rec = {k: v for k, v in row.items() if not k.startswith("job_")}
+    if row["job_state"] is None:
+        return rec, None
+    return rec, {k[4:]: row[k] for k in row.keys() if k.startswith("job_")}
 
 
 def _page(q, table, engine: Engine, project: str, after: str | None, newest_first: bool):
