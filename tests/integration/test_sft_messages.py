@@ -34,7 +34,7 @@ def test_multi_turn_messages_learn_every_assistant_turn(train, models_dir, home,
     from tuneloop.models.builtin import ensure_builtin
 
     data = write_jsonl(tmp_path / "chats.jsonl", [{"messages": c} for c in CONVERSATIONS])
-    job = train("sft", data, hyperparameters={"max_steps": 60, "save_steps": 1000})
+    job = train("sft", data, hyperparameters={"max_steps": 120, "save_steps": 1000})
     assert job["spec"]["dataset_format"] == "messages"
     staged = [json.loads(x) for x in (tmp_path / "home").glob("projects/*/jobs/*/data/train.jsonl").__next__()
               .read_text().splitlines()]
