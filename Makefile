@@ -53,10 +53,10 @@ demo: $(STAMP) system
 	$(VENV)/bin/tuneloop demo
 
 test: $(STAMP) system real-model
-	$(PY) -m pytest
+	TUNELOOP_TEST_STRICT=1 $(PY) -m pytest
 
 test-fast: $(STAMP) system real-model
-	$(PY) -m pytest -m "not slow"
+	TUNELOOP_TEST_STRICT=1 $(PY) -m pytest -m "not slow"
 
 bench: $(STAMP)
 	$(PY) bench/train_throughput.py

@@ -84,7 +84,7 @@ def real_gguf() -> Path:
     path = real_gguf_path()
     if path is None:
         message = f"{REAL_GGUF_NAME} is not cached: run `make real-model`"
-        if os.environ.get("CI"):
+        if os.environ.get("CI") or os.environ.get("TUNELOOP_TEST_STRICT"):  # make test provides it
             pytest.fail(message)
         pytest.skip(message)
     return path
