@@ -309,6 +309,10 @@ def test_bad_input_is_an_openai_error_naming_its_param_and_creates_nothing(queue
     with pytest.raises(openai.BadRequestError) as e:
         c.fine_tuning.jobs.create(model="no-such/model", training_file=good.id)
     assert _error(e)["param"] == "model"
+    for path in ("/etc", "../../models/x", str(srv.home / "model.gguf")):   # never a path on the server
+        with pytest.raises(openai.BadRequestError) as e:
+            c.fine_tuning.jobs.create(model=path, training_file=good.id)
+        assert _error(e)["param"] == "model" and "path on the server" in _error(e)["message"]
     with pytest.raises(openai.BadRequestError) as e:
         c.fine_tuning.jobs.create(model=BASE, training_file=good.id,
                                   method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": -3}}})

@@ -252,8 +252,16 @@ class FineTuningService:
         return self.retrieve(project, job_id)
 
     def _base_model(self, project: str, model: str) -> str:
-        """`model` as the resolver takes it: an `ft:` model of this project continues from its output."""
+        """`model` as the resolver takes it: an `ft:` model of this project continues from its output.
+        A request comes from a key holder, not from this machine's user: it names models (catalog,
+        built-in or Hub ids), never a folder or file on the server, except under the models dir."""
         if not model.startswith(FT_MODEL_PREFIX):
+            if model.startswith(("/", ".", "~", "\\")) or model.endswith(".gguf") or "\x00" in model:
+                path = Path(model).expanduser().resolve()
+                if not path.is_relative_to(self.settings.models_dir):
+                    raise ValidationError(f"model {model!r} is a path on the server; the API takes model ids.",
+                                          param="model", hint="Pass a catalog or built-in id (client.models.list()"
+                                          " on this server), or put the model under the server's TUNELOOP_MODELS_DIR.")
             return model
         found = self.served(model, project)
         if found is None or found[1] != "adapter":
