@@ -1,13 +1,16 @@
 """--backend ray on a real local Ray cluster (`ray start --head` on 127.0.0.1 with 2 CPUs, started
 once for the module and stopped after it): a tiny SFT job on 2 Ray Train workers completes, its
 events reach tuneloop's database through the driver, its adapter is registered; a second job is
-cancelled while it trains and its workers stop."""
+cancelled while it trains and its workers stop; a third loses a Ray Train worker to kill -9 after a
+checkpoint, and Ray Train's replacement workers resume it from that checkpoint to one completion."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -22,7 +25,8 @@ RAY = Path(sys.executable).with_name("ray")
 
 
 @pytest.fixture(scope="module")
-def ray_cluster(tmp_path_factory):
+def ray_head(tmp_path_factory):
+    """(address, temp dir) of a local head for this module; its processes carry RAY_TMPDIR=temp."""
     if not RAY.is_file():
         pytest.fail("ray is not installed: make installs it from requirements.lock (tuneloop[ray])")
     temp = tmp_path_factory.mktemp("ray")
@@ -33,10 +37,15 @@ def ray_cluster(tmp_path_factory):
                             "--disable-usage-stats"], capture_output=True, text=True, env=env, timeout=180)
     assert start.returncode == 0, start.stdout + start.stderr
     try:
-        yield f"127.0.0.1:{port}"
+        yield f"127.0.0.1:{port}", temp
     finally:
         subprocess.run([str(RAY), "stop", "--force"], capture_output=True, env=env, timeout=120)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(ray_head):
+    return ray_head[0]
 
 
 def tune(project: str, steps: int, *extra: str) -> list[str]:
@@ -85,3 +94,57 @@ def test_cancel_stops_the_ray_job(home, ray_cluster):
         assert time.monotonic() < deadline, "the driver of a cancelled Ray job is still running"
         time.sleep(0.5)
     assert json.loads(cli("registry", "list", "--project", "raycancel", "--json").stdout) == []
+
+
+def ray_train_workers(temp: Path) -> list[int]:
+    """PIDs of this cluster's Ray Train worker processes (Ray titles them ray::RayTrainWorker...)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            title = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            environ = (proc / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if title.startswith("ray::RayTrainWorker") and f"RAY_TMPDIR={temp}".encode() in environ:
+            found.append(int(proc.name))
+    return sorted(found)
+
+
+def test_a_lost_ray_worker_is_replaced_and_the_job_resumes_from_its_checkpoint(home, ray_head):
+    address, temp = ray_head
+    steps = 60
+    r = cli(*tune("raylost", steps), "--no-wait", env={"TUNELOOP_RAY_ADDRESS": address})
+    assert r.returncode == 0, r.stderr
+    [job] = json.loads(cli("status", "--project", "raylost", "--json").stdout)
+    job_id = job["id"]
+    checkpoints = home / "projects" / "raylost" / "jobs" / job_id / "checkpoints"
+    deadline = time.monotonic() + 300
+    while not (checkpoints / "checkpoint-4" / "trainer_state.json").is_file():
+        assert time.monotonic() < deadline, cli("logs", job_id, "--project", "raylost").stdout
+        time.sleep(0.05)
+    workers = ray_train_workers(temp)
+    assert len(workers) == 2, workers
+    os.kill(workers[-1], signal.SIGKILL)        # either rank: Ray Train restarts the whole worker group
+    deadline = time.monotonic() + 480
+    while (state := json.loads(cli("status", job_id, "--project", "raylost", "--json").stdout))["state"] \
+            in ("queued", "running"):
+        assert time.monotonic() < deadline, cli("logs", job_id, "--project", "raylost").stdout
+        time.sleep(1)
+    log = cli("logs", job_id, "--project", "raylost").stdout
+    assert state["state"] == "completed", (state, log)
+    assert state["attempts"] == 1, state     # the same driver: Ray Train replaced the workers, no re-run of tune
+    starts = [line for line in log.splitlines() if "training started on cpu" in line]
+    assert len(starts) == 2, log             # the first workers, then their replacements (rank 0 reports)
+    assert "resuming from" not in starts[0] and "resuming from checkpoint-" in starts[1], starts
+    resumed_at = int(starts[1].rsplit("checkpoint-", 1)[1].split()[0].rstrip(";,"))
+    assert resumed_at >= 4, starts[1]
+    # not retrained from step 0: each step up to the checkpoint was logged once, the rest once each after it
+    logged = [int(m) for m in re.findall(rf"step (\d+)/{steps}: loss=", log)]
+    assert sorted(set(logged)) == list(range(1, steps + 1)), logged
+    assert all(logged.count(s) == 1 for s in range(1, resumed_at + 1)), logged
+    assert log.count("job completed") == 1, log
+    [pkg] = json.loads(cli("registry", "list", "--project", "raylost", "--json").stdout)
+    assert pkg["job_id"] == job_id and (Path(state["output_path"]) / "adapter_model.safetensors").is_file()
+    print(f"worker {workers[-1]} killed after checkpoint-4; the replacements resumed from checkpoint-{resumed_at}")
