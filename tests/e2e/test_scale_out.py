@@ -149,3 +149,68 @@ def test_a_killed_rank_stops_the_job_and_the_same_command_resumes_it(home):
     starts = [line for line in log.splitlines() if "resuming from checkpoint-" in line]
     assert starts and int(starts[0].rsplit("checkpoint-", 1)[1]) >= 5, log
     assert sorted(curve(job_id, "kill"))[-1] == 40
+
+
+def wait_for_checkpoint(home: Path, project: str, job_id: str, step: int) -> None:
+    path = home / "projects" / project / "jobs" / job_id / "checkpoints" / f"checkpoint-{step}" / "trainer_state.json"
+    deadline = time.monotonic() + 300
+    while not path.is_file():
+        assert time.monotonic() < deadline, events(job_id, project)
+        time.sleep(0.05)
+
+
+def wait_gone(job_id: str) -> None:
+    deadline = time.monotonic() + 60
+    while job_processes(job_id):
+        assert time.monotonic() < deadline, f"still running: {job_processes(job_id)}"
+        time.sleep(0.2)
+
+
+def assert_resumed_on(job: dict, project: str, was: str, now: str, per_device: int, steps: int) -> None:
+    """The job resumed from its checkpoint on the new layout at the same global batch, said so, and
+    did not train the steps up to that checkpoint again."""
+    log = events(job["id"], project)
+    assert f"layout changed on resume: {was} -> {now}, the same global batch 8" in log, log
+    starts = [line for line in log.splitlines() if "training started on cpu" in line]
+    assert len(starts) == 2 and "resuming from checkpoint-" in starts[1], log
+    resumed_at = int(starts[1].rsplit("checkpoint-", 1)[1].split()[0])
+    assert resumed_at >= 5, starts
+    logged = [int(m) for m in re.findall(rf"step (\d+)/{steps}: loss=", log)]
+    assert sorted(set(logged)) == list(range(1, steps + 1)) and all(logged.count(s) == 1 for s in range(1, resumed_at + 1))
+    p = plan_of(job, project)
+    assert (p["num_processes"], p["per_device_batch"], p["global_batch"], p["total_steps"]) == \
+        (int(now[0]), per_device, 8, steps), p
+    [pkg] = json.loads(cli("registry", "list", "--project", project, "--json").stdout)
+    assert pkg["job_id"] == job["id"]
+
+
+def test_a_job_killed_on_two_processes_resumes_on_one_at_the_same_global_batch(home):
+    r = cli(*tune("shrink", "--num-processes", "2", steps=40, save=5)[:-1], "--no-wait")
+    assert r.returncode == 0, r.stderr
+    [job] = json.loads(cli("status", "--project", "shrink", "--json").stdout)
+    wait_for_checkpoint(home, "shrink", job["id"], 5)
+    [victim] = [pid for pid, rank in job_processes(job["id"]).items() if rank == 1]
+    os.kill(victim, signal.SIGKILL)
+    wait_gone(job["id"])
+    again = cli(*tune("shrink", "--num-processes", "1", steps=40, save=5), timeout=600)
+    assert "layout changed on resume: 2 processes on this machine -> 1 process" in again.stderr, again.stderr
+    resumed = finished(again)
+    assert resumed["id"] == job["id"] and resumed["attempts"] == 2, resumed
+    assert_resumed_on(resumed, "shrink", "2 processes on this machine", "1 process", 8, 40)
+
+
+def test_a_job_killed_on_one_process_resumes_on_two_and_a_batch_that_does_not_split_is_refused(home):
+    r = cli(*tune("grow", steps=40, save=5)[:-1], "--no-wait")
+    assert r.returncode == 0, r.stderr
+    [job] = json.loads(cli("status", "--project", "grow", "--json").stdout)
+    wait_for_checkpoint(home, "grow", job["id"], 5)
+    [runner] = list(job_processes(job["id"]))      # one process: the runner trains
+    os.kill(runner, signal.SIGKILL)
+    wait_gone(job["id"])
+    bad = cli(*tune("grow", "--num-processes", "3", steps=40, save=5)[:-1])
+    assert bad.returncode == 1 and "global batch of 8" in bad.stderr and "--num-processes 1 / 2 / 4 / 8" in bad.stderr, \
+        bad.stderr
+    assert not job_processes(job["id"])           # refused: nothing was restarted
+    resumed = finished(cli(*tune("grow", "--num-processes", "2", steps=40, save=5), timeout=600))
+    assert resumed["id"] == job["id"] and resumed["attempts"] == 2, resumed
+    assert_resumed_on(resumed, "grow", "1 process", "2 processes on this machine", 4, 40)

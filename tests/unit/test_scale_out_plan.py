@@ -10,7 +10,7 @@ import pytest
 
 from tuneloop.errors import ValidationError
 from tuneloop.spec import check_hyperparameters
-from tuneloop.training.plan import DataStats, Hardware, ModelShape, make_plan
+from tuneloop.training.plan import DataStats, Hardware, ModelShape, make_plan, relayout
 
 CPU = Hardware("cpu", 1, 16.0, False, 2)
 GPUS = Hardware("cuda", 4, 80.0, True, 32, "H100")
@@ -54,6 +54,23 @@ def test_gpus_one_process_each_and_no_more_than_the_machine_has():
     assert e.value.param == "num_processes" and "4" in e.value.hint
     ray = plan(GPUS, num_processes=8, backend="ray")   # a cluster may have more GPUs than this machine
     assert (ray.num_processes, ray.backend) == (8, "ray")
+
+
+def test_a_job_resumed_on_another_number_of_processes_keeps_its_global_batch_and_schedule():
+    two = plan(num_processes=2)
+    assert relayout(two, plan(num_processes=2), "j") is None
+    one = relayout(two, plan(num_processes=1, learning_rate=0.5), "j")   # a changed knob does not change the job
+    assert (one.num_processes, one.per_device_batch, one.grad_accum, one.threads) == (1, 8, 1, 2)
+    assert (one.global_batch, one.total_steps, one.learning_rate, one.seed) == \
+        (two.global_batch, two.total_steps, two.learning_rate, two.seed)
+    assert not any(n.startswith("layout:") for n in one.notes)
+    back = relayout(one, plan(num_processes=2), "j")
+    assert back.to_dict() == two.to_dict()
+    assert relayout(two, plan(num_processes=2, backend="ray"), "j").backend == "ray"
+    with pytest.raises(ValidationError) as e:    # 3 processes cannot hold a global batch of 8
+        relayout(two, plan(num_processes=3), "j")
+    assert "global batch of 8" in str(e.value) and "--num-processes 1 / 2 / 4 / 8" in e.value.hint
+    assert "--force" in e.value.hint and e.value.param == "num_processes"
 
 
 def test_the_knobs_are_checked_and_scoped():

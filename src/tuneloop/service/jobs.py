@@ -32,7 +32,7 @@ from tuneloop.settings import Settings, resolve_project
 from tuneloop.spec import (JobSpec, TuneRequest, check_hyperparameters, resolve_hyperparameters, spec_record,
                            write_spec_file)
 from tuneloop.store.repo import ACTIVE_STATES, Store, age_seconds
-from tuneloop.training.plan import Hardware, Plan, detect_hardware, make_plan
+from tuneloop.training.plan import Hardware, Plan, describe_layout, detect_hardware, make_plan, relayout
 
 STALE_AFTER_S = 60.0          # a running job whose heartbeat is older than this is dead
 QUEUED_GRACE_S = 30.0         # a queued job whose runner never claimed it within this is relaunched
@@ -306,8 +306,11 @@ class JobService:
             notes.append(f"ℹ️  The tracked {job['technique']} job {job['id']} was run on {job['model']} with "
                          f"{job['dataset']}; pass --force to start a new job with this model and dataset.")
         if job["state"] in ACTIVE_STATES:
+            moved = self.relayout(job, prep.plan, dry_run=dry_run)
+            if moved:
+                notes.append(moved)
             if not dry_run:
-                job = self.recover(job)
+                job = self.recover(self.get(job["id"]))
             return Outcome("following", job, prep.plan, prep.spec, notes)
         if job["state"] == "completed":
             return Outcome("completed", job, prep.plan, prep.spec, notes)
@@ -315,6 +318,34 @@ class JobService:
             f"The last {job['technique']} job {job['id']} {job['state']}: {job['error'] or 'no reason recorded'}",
             hint=f"Fix the cause, then start a new job with --force:\n  tuneloop tune --technique "
                  f"{job['technique']} --dataset {shlex.quote(prep.spec.dataset)} --force")
+
+    def relayout(self, job: dict[str, Any], plan: Plan, *, dry_run: bool = False) -> str | None:
+        """A re-run of an active job's `tune` command with another --num-processes / --backend: a
+        stale job (its processes gone; about to be resumed) takes the new layout at the same global
+        batch and resumes its checkpoint on it (training/plan.py relayout; refused when the batch
+        cannot stay the same); a job whose runner is alive keeps its layout. The note to print, or
+        None when the layout did not change."""
+        old = Plan(**job["plan"])
+        new = relayout(old, plan, job["id"])
+        if new is None:
+            return None
+        was, now = describe_layout(old), describe_layout(new)
+        if not self.is_stale(job):
+            return (f"ℹ️  Job {job['id']} is running on {was} and keeps that layout; re-run this command after it "
+                    f"stops to resume it on {now}.")
+        message = (f"layout changed on resume: {was} -> {now}, the same global batch {new.global_batch} "
+                   f"({new.per_device_batch} per device x {new.grad_accum} accumulation x {new.world_size}); "
+                   "training goes on from the last checkpoint")
+        if dry_run:
+            return f"ℹ️  Job {job['id']} would resume on {now} (it ran on {was}) at its global batch {new.global_batch}."
+        self.store.update_job(job["id"], plan=new.to_dict())
+        (Path(job["job_dir"]) / "plan.json").write_text(json.dumps(new.to_dict(), indent=2) + "\n")
+        self.store.add_event(job["id"], message, level="warn",
+                             data={"from": {f: getattr(old, f) for f in ("num_processes", "backend", "per_device_batch",
+                                                                         "grad_accum", "threads")},
+                                   "to": {f: getattr(new, f) for f in ("num_processes", "backend", "per_device_batch",
+                                                                       "grad_accum", "threads")}})
+        return f"ℹ️  Job {job['id']}: {message}."
 
     def create_api_job(self, prep: Prepared, name: str) -> dict[str, Any]:
         """A queued job named `name` for the fine-tuning API: any number may be active per technique

@@ -366,6 +366,42 @@ def layout_note(hw: Hardware, processes: int, threads: int, backend: str, per_de
     return text
 
 
+# ---- a job resumed on another layout -------------------------------------------------------------------
+# What --num-processes / --backend decide: how the processes share a step, not what a step is.
+LAYOUT_FIELDS = ("num_processes", "backend", "world_size", "per_device_batch", "grad_accum", "threads",
+                 "gradient_checkpointing", "est_peak_memory_gb", "est_time_s")
+
+
+def describe_layout(plan: Plan) -> str:
+    """`2 processes on this machine`, `2 Ray Train workers`, `1 process`: where a plan's ranks run."""
+    n = plan.num_processes
+    if plan.backend == "ray":
+        return f"{n} Ray Train worker{'s' if n != 1 else ''}"
+    return "1 process" if n == 1 else f"{n} processes on this machine"
+
+
+def relayout(old: Plan, new: Plan, job_id: str) -> Plan | None:
+    """The job's plan `old` with the layout of `new` (the same job planned again, by a re-run of its
+    `tune` command with another --num-processes or --backend); None when the layout is the same.
+    The global batch is the job's spec and the layout only splits it, so everything but
+    LAYOUT_FIELDS stays the job's (steps, learning rate, seed: its checkpoint goes on as it was); a
+    layout that cannot hold the same global batch is refused, with the layouts that can."""
+    if all(getattr(old, f) == getattr(new, f) for f in LAYOUT_FIELDS[:6]):
+        return None
+    if new.global_batch != old.global_batch:
+        fits = [n for n in range(1, min(old.global_batch, 16) + 1) if old.global_batch % n == 0]
+        raise ValidationError(
+            f"Job {job_id} trains with a global batch of {old.global_batch}; on {describe_layout(new)} the planner "
+            f"lays out {new.global_batch} ({new.per_device_batch} per device x {new.grad_accum} accumulation x "
+            f"{new.world_size}), so its checkpoint cannot go on at the same batch.",
+            hint=f"Resume it with --num-processes {' / '.join(map(str, fits))} (they divide {old.global_batch}), "
+                 "or start a new job with --force.", param="num_processes")
+    values = old.to_dict() | {f: getattr(new, f) for f in LAYOUT_FIELDS}
+    values["notes"] = ([n for n in old.notes if not n.startswith("layout:")]
+                       + [n for n in new.notes if n.startswith("layout:")])
+    return Plan(**values)
+
+
 def auto_schedule(technique: str, training_type: str, shape: ModelShape, data: DataStats, hp: dict[str, Any], *,
                   defaults: dict[str, Any], overrides: dict[str, Any], notes: list[str]) -> dict[str, Any]:
     """`hp` with the epochs and (LoRA) learning rate derived from the data and the model wherever
