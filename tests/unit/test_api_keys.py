@@ -128,3 +128,27 @@ def test_inference_routes_take_project_keys_and_admin_routes_only_the_servers_pr
         for key in ("sk-good", own):   # past the key check: the adapter is unknown, not forbidden
             r = c.post("/v1/unload_lora_adapter", json=body, headers={"Authorization": f"Bearer {key}"})
             assert r.status_code not in (401, 403), r.text
+
+
+
+def test_whether_a_key_is_required_is_cached_once_true_and_rechecked_while_open(keys, tmp_path, monkeypatch):
+    import time
+
+    import tuneloop.service.keys as K
+
+    monkeypatch.setattr(K, "OPEN_RECHECK", 0.2)
+    server = KeyService(keys.store)             # the server's; `keys` stands for `tuneloop keys create`
+    assert server.required() is False
+    keys.create("team-a")
+    assert server.required() is False           # another process's key: the open answer holds OPEN_RECHECK
+    time.sleep(0.25)
+    assert server.required() is True
+    monkeypatch.setattr(keys.store.keys, "any", lambda: pytest.fail("asked the database again"))
+    assert server.required() is True            # keys are never deleted: True is kept
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'other.db'}")
+    migrate(engine)
+    own = KeyService(Store(engine))
+    assert own.required() is False
+    own.create("team-b")
+    assert own.required() is True               # a key made by the server's own service: at once

@@ -123,3 +123,10 @@ def test_a_version_7_database_gets_the_idempotency_key_and_keeps_its_jobs(tmp_pa
 
     with pytest.raises(IntegrityError), engine.begin() as conn:    # one key, one job per project
         conn.exec_driver_sql("INSERT INTO fine_tuning_jobs (id, project, idempotency_key) VALUES ('ftjob-3', 'p', 'k')")
+
+
+def test_json_columns_read_back_nan_and_infinity_as_written(tmp_path):
+    store = _store(tmp_path)   # orjson reads them (store/db.py), stdlib json what orjson refuses
+    store.insert_job({**_row("j"), "plan": {"loss": float("nan"), "grad": float("inf"), "steps": 3, "s": "é"}})
+    plan = store.get_job("j")["plan"]
+    assert plan["loss"] != plan["loss"] and plan["grad"] == float("inf") and plan["steps"] == 3 and plan["s"] == "é"

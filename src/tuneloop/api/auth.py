@@ -5,7 +5,7 @@ read belongs to it, so another project's key sees none of them (404).
     from tuneloop.api.auth import Project, request_project
 
     @router.get("/v1/files")
-    def list_files(project: Project): ...          # or: project: str = Depends(request_project)
+    def list_files(project: Project): ...          # or: project: str = Depends(project_dependency)
 
 The rule is serving/routes/auth.py's (the inference routes use the same): the server's
 --api-key is an admin key of the server's project; a key from `tuneloop keys create` is its
@@ -20,14 +20,15 @@ from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends
 
-from tuneloop.serving.routes.auth import DEFAULT_PROJECT, KeyCheck, bearer_token, request_project
+from tuneloop.serving.routes.auth import DEFAULT_PROJECT, KeyCheck, bearer_token, project_dependency, request_project
 
 if TYPE_CHECKING:
     from tuneloop.service.app import Services
 
-Project = Annotated[str, Depends(request_project)]
+Project = Annotated[str, Depends(project_dependency)]
 
-__all__ = ["DEFAULT_PROJECT", "KeyCheck", "Project", "bearer_token", "key_check", "request_project"]
+__all__ = ["DEFAULT_PROJECT", "KeyCheck", "Project", "bearer_token", "key_check", "project_dependency",
+           "request_project"]
 
 
 def key_check(services: "Services") -> KeyCheck:

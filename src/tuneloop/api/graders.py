@@ -14,10 +14,10 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel
 
-from tuneloop.api.auth import request_project
+from tuneloop.api.auth import project_dependency
 from tuneloop.service.graders import GraderService
 
-router = APIRouter(prefix="/v1/fine_tuning/alpha/graders", dependencies=[Depends(request_project)])
+router = APIRouter(prefix="/v1/fine_tuning/alpha/graders", dependencies=[Depends(project_dependency)])
 _lock = threading.Lock()
 
 

@@ -495,7 +495,7 @@ def job_object(rec: dict[str, Any], job: dict[str, Any] | None) -> dict[str, Any
     elif status == "submitted":   # the tuneloop job was removed under it
         status = "failed"
         error = {"code": "job_missing", "message": "This job's record outlived its training job.", "param": None}
-    method = json.loads(json.dumps(rec["method"]))
+    method = {**rec["method"], kind: dict(rec["method"][kind])}   # a copy of what changes: the hyperparameters
     method[kind]["hyperparameters"] = {k: v for k, v in hp.items()} if job is not None else \
         method[kind].get("hyperparameters") or {}
     return {

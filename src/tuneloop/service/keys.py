@@ -9,7 +9,10 @@ its server (serving/routes/auth.py's `KeyCheck`).
 A key is 32 random bytes (`secrets.token_urlsafe`), so its sha256 is as good as a slow hash: it
 cannot be guessed, and the stored digest tells an attacker nothing usable. The digest found by
 its index is compared again with `hmac.compare_digest`. `last_used_at` is written at most once a
-minute per key, so checking a key on every request stays a read.
+minute per key, so checking a key on every request stays a read. `required` is asked on every
+request of an open server: once True it stays True (keys are never deleted), so it is cached;
+False is asked again at most once a second (OPEN_RECHECK), so a key made by `tuneloop keys create`
+in another process closes a running open server within a second (at once when made here).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import hashlib
 import hmac
 import secrets
 import threading
+import time
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -28,6 +32,7 @@ from tuneloop.store.db import utcnow
 
 PREFIX = "sk-tl-"
 TOUCH_EVERY = timedelta(seconds=60)
+OPEN_RECHECK = 1.0   # seconds an open server's "no key yet" answer is trusted
 _MAX_KEY_CHARS = 200
 
 
@@ -41,6 +46,8 @@ class KeyService:
         self.settings = settings
         self._touched: dict[str, datetime] = {}
         self._lock = threading.Lock()
+        self._required: bool | None = None
+        self._open_until = 0.0
 
     def create(self, project: str) -> tuple[dict[str, Any], str]:
         """A new key of `project`: (its row, the key). The key is not kept: show it once."""
@@ -48,6 +55,7 @@ class KeyService:
         token = PREFIX + secrets.token_urlsafe(32)
         row = self.store.keys.add("key_" + secrets.token_hex(8), project, digest(token),
                                   f"{PREFIX}...{token[-4:]}")
+        self._required = True
         return row, token
 
     def list(self, project: str | None = None) -> list[dict[str, Any]]:
@@ -78,7 +86,11 @@ class KeyService:
         return row["project"]
 
     def required(self) -> bool:
-        return self.store.keys.any()
+        if self._required or (self._required is False and time.monotonic() < self._open_until):
+            return bool(self._required)
+        self._required = self.store.keys.any()
+        self._open_until = time.monotonic() + OPEN_RECHECK
+        return self._required
 
     def authenticate(self, token: str) -> str:
         """`project_of`, raising when the key is not an active one (for callers outside a server)."""

@@ -148,11 +148,15 @@ JOB_VIEW = (jobs.c.state.label("job_state"), jobs.c.finished_at.label("job_finis
             jobs.c.error.label("job_error"), jobs.c.metrics.label("job_metrics"))
 
 
+_RECORD_KEYS = tuple(c.name for c in fine_tuning_jobs.c)
+_JOB_KEYS = tuple((c.name, c.name[len("job_"):]) for c in JOB_VIEW)
+
+
 def _split(row) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    rec = {k: v for k, v in row.items() if not k.startswith("job_")}
+    rec = {k: row[k] for k in _RECORD_KEYS}
     if row["job_state"] is None:
         return rec, None
-    return rec, {k[4:]: row[k] for k in row.keys() if k.startswith("job_")}
+    return rec, {short: row[k] for k, short in _JOB_KEYS}
 
 
 def _page(q, table, engine: Engine, project: str, after: str | None, newest_first: bool):
