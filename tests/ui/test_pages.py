@@ -142,6 +142,42 @@ def test_beyond_localhost_a_token_or_a_project_key_is_asked_for(home):
     assert TestClient(create_ui(services, token="t")).get("/", headers={"Authorization": f"Bearer {key}"}).status_code == 401
 
 
+
+def test_a_viewer_with_a_project_key_names_ids_never_paths_on_the_server(home, models_dir):
+    """The fine-tuning API's rule (service/server_paths.py) on the new-job form: a project key's
+    holder is not this machine's user; the UI's token (its user) may still name a file."""
+    from tuneloop.service.app import open_services
+    from tuneloop.ui import create_ui
+
+    services = open_services()
+    _, key = services.keys.create("team-a")
+    app = create_ui(services, token="s3cret-token")
+    k = TestClient(app, headers={"Authorization": f"Bearer {key}"})
+    assert upload(k, "facts", "facts.jsonl", (DEMO_DATA / "sft.jsonl").read_bytes()).status_code == 200
+    form = {"model": "tuneloop/tiny-qwen3", "technique": "sft", "training_type": "lora", "dataset": "facts",
+            "max_steps": "4", "action": "plan"}
+    plan = k.post("/jobs/new", data=form)
+    assert plan.status_code == 200 and "est. time" in plan.text, plan.text[-2000:]   # ids: planned
+    refused = {"model_other": "/etc", "dataset_other": str(DEMO_DATA / "sft.jsonl"), "dataset": "../../sft.jsonl",
+               "model": str(models_dir / ".." / "x.gguf"), "judge_model": "/root/models/judge",
+               "reward_function": "/tmp/reward.py:score", "reward_prompt": "~/.ssh/id_rsa"}
+    for field, value in refused.items():
+        technique = "rlaif" if field in ("judge_model", "reward_prompt") else \
+            "rlvr" if field == "reward_function" else "sft"
+        r = k.post("/jobs/new", data=form | {"technique": technique, field: value})
+        name = field.removesuffix("_other")
+        assert r.status_code == 400 and "path on the server" in r.text and name in r.text, (field, r.text[-1500:])
+    r = k.post("/jobs/new", data=form | {"dataset": "s3://bucket/train.jsonl"})
+    assert r.status_code == 400 and "its own credentials" in r.text
+    r = k.post("/jobs/new", data=form | {"action": "start", "model": "/etc"}, follow_redirects=False)
+    assert r.status_code == 400 and not services.store.find_jobs("team-a")       # nothing was started
+    under = models_dir / "tuneloop--tiny-qwen3"       # built by the first plan; the models dir is the server's
+    assert under.is_dir() and k.post("/jobs/new", data=form | {"model": str(under)}).status_code == 200
+
+    operator = TestClient(app, headers={"Authorization": "Bearer s3cret-token"})
+    r = operator.post("/jobs/new", data=form | {"dataset": str(DEMO_DATA / "sft.jsonl")})
+    assert r.status_code == 200 and "est. time" in r.text, r.text[-2000:]         # this machine's user
+
 def test_mounted_under_a_prefix_every_link_keeps_it(home):
     from fastapi import FastAPI
 

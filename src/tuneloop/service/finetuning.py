@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
 from tuneloop.errors import DatasetError, NotFoundError, RequestTooLargeError, TuneloopError, ValidationError
+from tuneloop.service.server_paths import MODEL_HINT, refuse_server_path
 from tuneloop.settings import Settings
 from tuneloop.spec import TuneRequest, check_hyperparameters
 from tuneloop.store.db import utcnow
@@ -254,14 +255,10 @@ class FineTuningService:
     def _base_model(self, project: str, model: str) -> str:
         """`model` as the resolver takes it: an `ft:` model of this project continues from its output.
         A request comes from a key holder, not from this machine's user: it names models (catalog,
-        built-in or Hub ids), never a folder or file on the server, except under the models dir."""
+        built-in or Hub ids), never a folder or file on the server, except under the models dir
+        (service/server_paths.py, the rule the UI applies to a viewer with a project key too)."""
         if not model.startswith(FT_MODEL_PREFIX):
-            if model.startswith(("/", ".", "~", "\\")) or model.endswith(".gguf") or "\x00" in model:
-                path = Path(model).expanduser().resolve()
-                if not path.is_relative_to(self.settings.models_dir):
-                    raise ValidationError(f"model {model!r} is a path on the server; the API takes model ids.",
-                                          param="model", hint="Pass a catalog or built-in id (client.models.list()"
-                                          " on this server), or put the model under the server's TUNELOOP_MODELS_DIR.")
+            refuse_server_path(model, param="model", roots=(self.settings.models_dir,), hint=MODEL_HINT)
             return model
         found = self.served(model, project)
         if found is None or found[1] != "adapter":

@@ -58,7 +58,7 @@ class Access:
         if self.token and hmac.compare_digest(secret.encode(), self.token.encode()):
             return Viewer(self.project, self.api_key)
         project = self.keys.project_of(secret) if self.keys is not None else None
-        return Viewer(project, secret) if project else None
+        return Viewer(project, secret, by_key=True) if project else None
 
     def start(self, who: Viewer) -> str:
         sid = secrets.token_urlsafe(32)

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from tuneloop.catalog import TECHNIQUES, TRAINING_TYPES, load_catalog
 from tuneloop.errors import CatalogError, ValidationError
+from tuneloop.service.server_paths import DATASET_HINT, MODEL_HINT, refuse_server_path
 from tuneloop.spec import HYPERPARAMETERS, TuneRequest
 
 # the form's own fields besides the knobs, in the command's order: name -> `tune`'s flag
@@ -97,6 +99,24 @@ def tune_request(vals: dict[str, str], project: str) -> TuneRequest:
         validation_split=_number("validation_split", "--validation-split", split, "float") if split else None,
         take=int(_number("take", "--take", take, "int")) if take else None,
         **{name: vals.get(name) if t in ONLY_FOR[name] else None for name in ONLY_FOR})
+
+
+def refuse_server_paths(vals: dict[str, str], models_dir: Path, uploads: Path) -> None:
+    """The fine-tuning API's rule for a viewer with a project key (service/server_paths.py): the
+    models are ids or lie under the models dir; the dataset is a registered one (uploaded on the
+    Datasets page), an hf:// dataset or a file under the UI's uploads; the reward and its prompt
+    are no file of the server's."""
+    for name in ("model", "judge_model"):
+        if vals.get(name):
+            refuse_server_path(vals[name], param=name, roots=(models_dir,), hint=MODEL_HINT)
+    if vals.get("dataset"):
+        refuse_server_path(vals["dataset"], param="dataset", roots=(uploads,), urls=("hf://",), hint=DATASET_HINT)
+    for name in ("reward_function", "reward_prompt"):   # file.py:FUNC, a template file
+        value = vals.get(name)
+        if value and not value.lstrip().startswith("{"):   # grader JSON is no path
+            for ref in {value, value.rsplit(":", 1)[0]}:
+                refuse_server_path(ref, param=name, roots=(), hint="Use a builtin: reward, a Builtin.* prompt, "
+                                   "inline text or a registered evaluator.")
 
 
 def command(vals: dict[str, str], project: str, force: bool = False) -> str:

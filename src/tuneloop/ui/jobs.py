@@ -79,6 +79,8 @@ def _plan_or_start(request: Request, vals: dict[str, str], action: str, force: b
     project = viewer(request).project
     ctx = _form_context(request, vals) | {"force": force, "command": forms.command(vals, project, force)}
     try:
+        if viewer(request).by_key:
+            forms.refuse_server_paths(vals, ui(request).services.settings.models_dir, ui(request).uploads)
         req = forms.tune_request(vals, project)
         dry = action != "start"
         prep = svc.prepare(req, dry_run=dry)

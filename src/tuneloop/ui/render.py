@@ -20,10 +20,13 @@ NAV = (("/", "Home"), ("/datasets", "Datasets"), ("/jobs/new", "New job"), ("/jo
 
 @dataclass
 class Viewer:
-    """Who is looking: the project the pages show and the API key the playground uses with the server."""
+    """Who is looking: the project the pages show and the API key the playground uses with the server.
+    `by_key`: signed in with a project API key, so not this machine's user (the UI's token, or
+    localhost, is): the new-job form takes ids from them, never paths on the server (forms.py)."""
 
     project: str
     api_key: str | None = None
+    by_key: bool = False
 
 
 @dataclass
