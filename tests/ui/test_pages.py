@@ -61,6 +61,7 @@ def test_a_bad_upload_names_each_line_and_stores_nothing(client, home):
     assert not any((home / "ui-uploads").iterdir())  # the upload itself is not kept
 
 
+@pytest.mark.slow  # trains a job
 def test_upload_then_plan_then_run_to_the_registry(client):
     r = upload(client, "facts", "facts.jsonl", (DEMO_DATA / "sft.jsonl").read_bytes())
     assert r.status_code == 200 and "Stored facts@v1" in r.text

@@ -19,6 +19,9 @@ from fastapi.testclient import TestClient
 from tests.conftest import DEMO_DATA, REPO, cli
 from tests.ui.conftest import free_port
 
+# every test here trains a job and starts a server first (about 40 s each on 2 idle cores): not in test-fast
+pytestmark = pytest.mark.slow
+
 KEY = "sk-tuneloop-ui-admin"
 CAPITALS = [json.loads(line) for line in (DEMO_DATA / "sft.jsonl").read_text().splitlines() if line.strip()]
 
@@ -123,7 +126,6 @@ def test_streamed_answers_and_a_registry_deploy_into_the_running_server(served):
     assert streamed_text(again.text) == answer
 
 
-@pytest.mark.slow
 def test_the_page_streams_both_answers_side_by_side(served, browser, artifacts, tmp_path):
     from tests.ui.conftest import start_ui
     from tests.ui.test_browser import check_a11y
