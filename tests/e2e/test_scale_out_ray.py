@@ -74,6 +74,29 @@ def test_without_an_address_the_ray_backend_is_refused_before_any_job(home):
     assert json.loads(cli("status", "--project", "noaddr", "--json").stdout) == []
 
 
+def test_the_plan_is_laid_out_on_the_cluster_and_a_job_that_does_not_fit_is_refused(home, ray_cluster):
+    env = {"TUNELOOP_RAY_ADDRESS": ray_cluster}
+    r = cli(*tune("rayplan", 4), "--dry-run", env=env)
+    assert r.returncode == 0, r.stderr
+    assert (f"cluster: {ray_cluster}, 1 node with 2 CPUs and 0 GPUs in all; 2 Ray Train workers of 1 CPU each (2 on "
+            "node ") in r.stdout and "with Ray's start-up" in r.stdout, r.stdout
+    [est] = re.findall(r"^ +est\. time +(\d+) s$", r.stdout, re.M)     # the plan's row
+    assert int(est) >= 11, r.stdout          # Ray's start-up is counted
+    for extra in (("--dry-run",), ()):       # 4 workers of 1 CPU on 2 CPUs: refused, before any job exists
+        big = cli(*tune("rayplan", 4)[:-2], "--num-processes", "4", *extra, env=env)
+        assert big.returncode == 1, big.stdout + big.stderr
+        assert "--num-processes 4 needs 4 Ray Train workers of 1 CPU each" in big.stderr and "room for 2" in big.stderr
+        assert "Use --num-processes 2 or add nodes" in big.stderr, big.stderr
+    assert json.loads(cli("status", "--project", "rayplan", "--json").stdout) == []
+
+
+def test_an_unreachable_cluster_is_refused_at_once(home):
+    started = time.monotonic()
+    r = cli(*tune("rayaway", 4), "--dry-run", env={"TUNELOOP_RAY_ADDRESS": "127.0.0.1:9"})
+    assert r.returncode == 1 and "Cannot reach the Ray cluster at 127.0.0.1:9" in r.stderr, r.stderr
+    assert "ray start --head" in r.stderr and time.monotonic() - started < 60
+
+
 def test_cancel_stops_the_ray_job(home, ray_cluster):
     r = cli(*tune("raycancel", 5000), "--no-wait", env={"TUNELOOP_RAY_ADDRESS": ray_cluster})
     assert r.returncode == 0, r.stderr

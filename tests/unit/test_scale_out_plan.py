@@ -10,7 +10,7 @@ import pytest
 
 from tuneloop.errors import ValidationError
 from tuneloop.spec import check_hyperparameters
-from tuneloop.training.plan import DataStats, Hardware, ModelShape, make_plan, relayout
+from tuneloop.training.plan import DataStats, Hardware, ModelShape, cluster_layout, make_plan, relayout
 
 CPU = Hardware("cpu", 1, 16.0, False, 2)
 GPUS = Hardware("cuda", 4, 80.0, True, 32, "H100")
@@ -71,6 +71,26 @@ def test_a_job_resumed_on_another_number_of_processes_keeps_its_global_batch_and
         relayout(two, plan(num_processes=3), "j")
     assert "global batch of 8" in str(e.value) and "--num-processes 1 / 2 / 4 / 8" in e.value.hint
     assert "--force" in e.value.hint and e.value.param == "num_processes"
+
+
+def test_a_ray_plan_is_laid_out_on_the_cluster_nodes():
+    cpu = plan(num_processes=2, backend="ray")
+    laid = cluster_layout(cpu, [{"CPU": 2.0, "node:10.0.0.1": 1.0}], {"CPU": 2.0}, "head:6379", local_cores=2)
+    [note] = [n for n in laid.notes if n.startswith("cluster:")]
+    assert "1 node with 2 CPUs and 0 GPUs in all; 2 Ray Train workers of 1 CPU each (2 on node 10.0.0.1)" in note
+    assert laid.est_time_s == round(cpu.est_time_s + 11.0, 1) and "free" not in note
+    busy = cluster_layout(cpu, [{"CPU": 1.0}, {"CPU": 1.0}], {"CPU": 0.0}, "head:6379", local_cores=2)
+    assert "(1 on node 1, 1 on node 2)" in busy.notes[-1] and "now only 0 CPU free" in busy.notes[-1]
+    gpu = plan(GPUS, num_processes=8, backend="ray")
+    nodes = [{"CPU": 32.0, "GPU": 4.0, "node:a": 1.0}, {"CPU": 32.0, "GPU": 4.0, "node:b": 1.0}]
+    laid = cluster_layout(gpu, nodes, {"CPU": 64.0, "GPU": 8.0}, "ray://head:10001", local_cores=32)
+    assert "8 Ray Train workers of 1 CPU and 1 GPU each (4 on node a, 4 on node b)" in laid.notes[-1]
+    with pytest.raises(ValidationError) as e:
+        cluster_layout(gpu, nodes[:1], {}, "ray://head:10001", local_cores=32)
+    assert "room for 4" in str(e.value) and "--num-processes 4" in e.value.hint
+    with pytest.raises(ValidationError) as e:   # a GPU plan on a CPU-only cluster
+        cluster_layout(gpu, [{"CPU": 64.0}], {}, "head:6379", local_cores=32)
+    assert "0 GPUs in all, room for 0" in str(e.value) and "machine with GPUs" in e.value.hint
 
 
 def test_the_knobs_are_checked_and_scoped():

@@ -142,10 +142,11 @@ class JobService:
             if not dry_run:  # a GGUF is converted, a Hub model found in the cache, before any job exists
                 model.load_path()
             plan = self.plan_for(spec, model, staged, convert=not dry_run)
-            if plan.backend == "ray":   # the cluster's address and ray itself, before any job exists
-                from tuneloop.service.ray_backend import check_ray
+            if plan.backend == "ray":   # the cluster's address, ray itself and the room, before any job exists
+                from tuneloop.service.ray_backend import check_ray, plan_on_cluster
 
                 notes.append(check_ray())
+                plan = plan_on_cluster(plan, self.hardware.cpu_cores)
             if rl:
                 notes += self.row_reward_notes(spec, staged.path)
                 if dry_run:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import socket
 import threading
 import time
 import uuid
@@ -64,7 +65,48 @@ def check_ray(environ: dict[str, str] | None = None) -> str:
     return f"ℹ️  Backend: Ray Train workers on the cluster at {address}"
 
 
-# ---- what runs on the cluster -------------------------------------------------------------------------
+CONNECT_TIMEOUT_S = 5.0
+
+
+def reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """Refuse an address nothing listens on, within timeout_s (ray.init waits for it indefinitely)."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout_s).close()
+    except (OSError, ValueError) as e:
+        raise ValidationError(f"Cannot reach the Ray cluster at {address} ({ADDRESS_ENV}): {e}",
+                              hint="Start it (ray start --head --port 6379) or point "
+                                   f"{ADDRESS_ENV} at its head (HOST:6379 or ray://HOST:10001).",
+                              param="backend") from None
+
+
+def plan_on_cluster(plan: Any, local_cores: int, environ: dict[str, str] | None = None) -> Any:
+    """Before a job exists (prepare, --dry-run too): connect to the cluster, read its nodes'
+    resources and what is free, and lay the plan out on them (training/plan.py cluster_layout:
+    refused when the workers do not fit). An unreachable cluster is refused with the fix."""
+    import ray
+
+    from tuneloop.training.plan import cluster_layout
+
+    address = ray_address(environ)
+    reachable(address)
+    try:
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False, namespace="tuneloop")
+    except Exception as e:   # ConnectionError, a ray:// server gone, a version mismatch
+        raise ValidationError(f"Cannot reach the Ray cluster at {address} ({ADDRESS_ENV}): "
+                              f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}",
+                              hint="Start it (ray start --head --port 6379) or point "
+                                   f"{ADDRESS_ENV} at its head (HOST:6379 or ray://HOST:10001).",
+                              param="backend") from None
+    try:
+        nodes = [dict(node["Resources"]) for node in ray.nodes() if node.get("Alive")]
+        free = dict(ray.available_resources())
+    finally:
+        ray.shutdown()
+    return cluster_layout(plan, nodes, free, address, local_cores)
+
+
+# ---- what runs on the cluster# ---- what runs on the cluster -------------------------------------------------------------------------
 def _channel_class():
     import ray
 
@@ -187,8 +229,10 @@ def run_on_ray(store: Any, settings: Any, job: dict[str, Any], plan: Any, launch
     env = {k: os.environ[k] for k in WORKER_ENV if k in os.environ}
     if plan.device == "cpu" and plan.threads:
         env["OMP_NUM_THREADS"] = str(plan.threads)
+    from tuneloop.training.plan import ray_worker_resources
+
     gpu = plan.device == "cuda"
-    per_worker = {"CPU": 1, "GPU": 1} if gpu else {"CPU": max(1, plan.threads)}
+    per_worker = ray_worker_resources(plan)
     started = time.monotonic()
     ray.init(address=address, runtime_env={"env_vars": env}, namespace="tuneloop", log_to_driver=True,
              logging_level=logging.WARNING)

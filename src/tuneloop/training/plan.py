@@ -15,7 +15,8 @@ Epochs and learning rate, when neither the user nor the model's catalog entry se
 the data and the model (`auto_epochs`, `auto_learning_rate`), the way OpenAI's fine-tuning `auto`
 does: a dataset is seen about `TARGET_EXAMPLE_VISITS` times in all, at least once and at most
 `MAX_AUTO_EPOCHS` passes, so a dozen rows get many epochs and 100k rows get one. The LoRA learning
-rate grows as the model shrinks and is divided by the adapter's alpha / rank scale.
+rate grows as the model shrinks and is divided by the adapter's alpha / rank scale. RL (GRPO) gets
+the same learning-rate rule and enough passes for `RL_TARGET_STEPS` optimizer steps (`auto_rl_epochs`).
 """
 
 from __future__ import annotations
@@ -80,8 +81,16 @@ MAX_AUTO_EPOCHS = 25
 AUTO_TECHNIQUES = ("sft", "dpo")
 # LoRA peak learning rate at 7B parameters and alpha / rank = 2 (the generic 2e-4 / 5e-5), scaled by
 # (7e9 / parameters) ** 0.4 within [1e-4 x, 5 x]: 135M -> 9.7e-4 for SFT, the 1e-3 that taught above.
-LORA_LR_AT_7B = {"sft": 2e-4, "dpo": 5e-5}
+# RL (rlvr, rlaif): 1e-4 at 7B, 4.86e-4 at 135M. The generic 1e-5 (TRL's full-rank GRPO rate is 1e-6; LoRA
+# wants ~10x a full-rank rate, Schulman et al. 2025, "LoRA Without Regret") barely moves a small model in
+# a short run. Measured on SmolLM2-135M-Instruct, 16 capital questions rewarded for the right city in at most
+# 3 words (tests/e2e/test_real_model_grpo.py, 2026-12-06): at 5e-4, 2 prompts x 8 completions per step, the
+# training reward rose from 0.16 to 0.4 within 7 steps; see that test for the held-out rewards.
+LORA_LR_AT_7B = {"sft": 2e-4, "dpo": 5e-5, "rl": 1e-4}
 LR_SIZE_EXPONENT = 0.4
+# RL passes: enough for RL_TARGET_STEPS optimizer steps on a small prompt set (16 prompts at 2 per step: 2
+# passes), one pass where the data already gives that many, at most MAX_AUTO_EPOCHS.
+RL_TARGET_STEPS = 16
 
 
 def auto_epochs(rows: int) -> int:
@@ -95,12 +104,17 @@ def auto_epochs(rows: int) -> int:
     return DEFAULT_AUTO_EPOCHS
 
 
+def auto_rl_epochs(steps_per_epoch: int) -> int:
+    """GRPO passes: enough for RL_TARGET_STEPS optimizer steps, within [1, MAX_AUTO_EPOCHS]."""
+    return min(MAX_AUTO_EPOCHS, max(1, math.ceil(RL_TARGET_STEPS / max(1, steps_per_epoch))))
+
+
 def auto_learning_rate(technique: str, parameters: int, lora_rank: int, lora_alpha: int) -> float:
     """The LoRA peak learning rate for a model of `parameters`: LORA_LR_AT_7B scaled by
     (7e9 / parameters) ** LR_SIZE_EXPONENT (clamped to [0.25x, 5x]) and by 2 / (alpha / rank), so a
     larger adapter scale gets a proportionally smaller step. Three significant digits."""
     size = min(5.0, max(0.25, (7e9 / max(parameters, 1)) ** LR_SIZE_EXPONENT))
-    lr = LORA_LR_AT_7B[technique] * size * 2.0 / (lora_alpha / max(lora_rank, 1))
+    lr = LORA_LR_AT_7B["rl" if technique in RL_TECHNIQUES else technique] * size * 2.0 / (lora_alpha / max(lora_rank, 1))
     return float(f"{lr:.3g}")
 
 
@@ -275,7 +289,7 @@ def make_plan(*, technique: str, training_type: str, shape: ModelShape, data: Da
     hp = resolve_hyperparameters(technique, training_type, model=defaults, user=overrides)
     if technique in RL_TECHNIQUES:
         return make_rl_plan(technique=technique, training_type=training_type, shape=shape, data=data, hw=hw, hp=hp,
-                            given=set(overrides))
+                            given=set(overrides), catalog=set(defaults))
     lora = training_type == "lora"
     max_len = int(hp["dataset_max_len"])
     seq = min(max_len, max(8, data.max_tokens))
@@ -397,9 +411,60 @@ def relayout(old: Plan, new: Plan, job_id: str) -> Plan | None:
             hint=f"Resume it with --num-processes {' / '.join(map(str, fits))} (they divide {old.global_batch}), "
                  "or start a new job with --force.", param="num_processes")
     values = old.to_dict() | {f: getattr(new, f) for f in LAYOUT_FIELDS}
-    values["notes"] = ([n for n in old.notes if not n.startswith("layout:")]
-                       + [n for n in new.notes if n.startswith("layout:")])
+    ours = ("layout:", "cluster:")     # the notes that describe a layout
+    values["notes"] = [n for n in old.notes if not n.startswith(ours)] + [n for n in new.notes if n.startswith(ours)]
     return Plan(**values)
+
+
+# ---- a job on a Ray cluster ------------------------------------------------------------------------------
+RAY_STARTUP_S = 11.0     # measured: a Ray Train job starts ~10.5 s later than a local one (bench/RESULTS.md)
+
+
+def ray_worker_resources(plan: Plan) -> dict[str, float]:
+    """What one Ray Train worker asks the cluster for: one GPU (and a CPU) each on GPUs, else the
+    plan's threads as CPUs."""
+    return {"CPU": 1, "GPU": 1} if plan.device == "cuda" else {"CPU": max(1, plan.threads)}
+
+
+def cluster_layout(plan: Plan, nodes: list[dict[str, float]], free: dict[str, float], address: str,
+                   local_cores: int) -> Plan:
+    """The plan of a `--backend ray` job laid out on the cluster's nodes (each node's total resources,
+    as Ray reports them: {"CPU": 4, "GPU": 0, ...}) with what is `free` now: how many workers each
+    node takes (Ray Train packs them), a `cluster:` note and the time estimate for the cluster's
+    CPUs (the plan's estimate is for `local_cores`; data-parallel workers scale it ideally) plus
+    Ray's start-up. A cluster that cannot hold the workers is refused, with the fix."""
+    need = ray_worker_resources(plan)
+    n = plan.num_processes
+    per_node = [int(min(node.get(k, 0.0) // v for k, v in need.items())) for node in nodes]
+    room = sum(per_node)
+    totals = {k: sum(node.get(k, 0.0) for node in nodes) for k in ("CPU", "GPU")}
+    have = (f"{len(nodes)} node{'s' if len(nodes) != 1 else ''} with {totals['CPU']:g} CPUs and "
+            f"{totals['GPU']:g} GPUs in all")
+    each = " and ".join(f"{v:g} {k}" for k, v in need.items())
+    if room < n:
+        fix = [f"--num-processes {room}"] if room else []
+        fix.append("add nodes to the cluster (on each: ray start --address HEAD:PORT"
+                   + (" on a machine with GPUs)" if "GPU" in need else ")"))
+        raise ValidationError(
+            f"--num-processes {n} needs {n} Ray Train workers of {each} each; the cluster at {address} has {have}, "
+            f"room for {room}.", hint="Use " + " or ".join(fix) + ".", param="num_processes")
+    placed, left = [], n
+    for i, (node, fits) in enumerate(zip(nodes, per_node)):
+        if left and fits:   # Ray names a node by a resource "node:IP"
+            name = next((k[5:] for k in node if k.startswith("node:") and not k.startswith("node:__")), f"{i + 1}")
+            placed.append(f"{min(fits, left)} on node {name}")
+            left -= min(fits, left)
+    if plan.device == "cpu":
+        est = plan.est_time_s * max(local_cores, 1) / (n * need["CPU"]) + RAY_STARTUP_S
+    else:
+        est = plan.est_time_s * max(plan.world_size, 1) / n + RAY_STARTUP_S
+    note = (f"cluster: {address}, {have}; {n} Ray Train worker{'s' if n != 1 else ''} of {each} each "
+            f"({', '.join(placed)}); est. time {est:.0f} s with Ray's start-up (~{RAY_STARTUP_S:.0f} s)")
+    short = {k: v * n - free.get(k, 0.0) for k, v in need.items() if free.get(k, 0.0) < v * n}
+    if short:
+        note += (f"; now only {', '.join(f'{free.get(k, 0.0):g} {k}' for k in short)} free (other work holds the "
+                 "rest): the workers wait for them")
+    return Plan(**(plan.to_dict() | {"est_time_s": round(est, 1), "notes": [*plan.notes, note]}))
 
 
 def auto_schedule(technique: str, training_type: str, shape: ModelShape, data: DataStats, hp: dict[str, Any], *,
@@ -473,7 +538,7 @@ def rl_prompt_length(cap: int, given: bool, longest: int | None, estimate: int, 
 
 
 def make_rl_plan(*, technique: str, training_type: str, shape: ModelShape, data: DataStats, hw: Hardware,
-                 hp: dict[str, Any], given: set[str] | None = None) -> Plan:
+                 hp: dict[str, Any], given: set[str] | None = None, catalog: set[str] | None = None) -> Plan:
     """GRPO's layout. A step samples `num_generations` completions for each of global_batch /
     num_generations prompts; the per-device batch counts completions and holds whole groups (a
     multiple of num_generations), so each group's rewards are normalised together. The prompt length
@@ -483,9 +548,18 @@ def make_rl_plan(*, technique: str, training_type: str, shape: ModelShape, data:
     micro-batch follows the token budget (never below one group); on a GPU it is as large as the
     memory estimate allows. Full-rank with a KL penalty keeps a frozen reference copy (counted);
     LoRA's reference is the model with its adapter switched off (free). `hp` is resolved: every
-    knob has its value (make_plan's resolve_hyperparameters)."""
+    knob has its value (make_plan's resolve_hyperparameters). Where neither the user (`given`) nor
+    the model's catalog entry (`catalog`) sets them, the epochs come from the steps they give
+    (`auto_rl_epochs`) and the LoRA learning rate from the model's size (`auto_learning_rate`)."""
     lora = training_type == "lora"
     notes: list[str] = []
+    fixed = (given or set()) | (catalog or set())
+    hp = dict(hp)
+    if lora and "learning_rate" not in fixed:
+        hp["learning_rate"] = auto_learning_rate(technique, shape.parameters, int(hp["lora_rank"]),
+                                                 int(hp["lora_alpha"]))
+        notes.append(f"learning rate {hp['learning_rate']:g}: for {shape.parameters / 1e6:.0f}M parameters at LoRA "
+                     f"rank {hp['lora_rank']}, alpha {hp['lora_alpha']} (set --learning-rate to change it)")
     gens = int(hp["num_generations"])
     response_len = int(hp["max_response_length"])
     if data.reference_tokens and "max_response_length" not in (given or set()):
@@ -538,6 +612,11 @@ def make_rl_plan(*, technique: str, training_type: str, shape: ModelShape, data:
     effective = per_device * grad_accum * world
     prompts_per_step = effective // gens
     steps_per_epoch = max(1, math.ceil(data.rows / prompts_per_step))
+    if "max_epochs" not in fixed and not hp.get("max_steps"):
+        epochs = auto_rl_epochs(steps_per_epoch)
+        if epochs > 1:
+            notes.append(f"epochs {epochs}: {steps_per_epoch} steps per pass over {data.rows} prompts, passes for "
+                         f"about {RL_TARGET_STEPS} steps (set --epochs or --max-steps to change it)")
     total = int(hp.get("max_steps") or steps_per_epoch * epochs)
     save_steps = int(hp.get("save_steps") or max(10, math.ceil(total / 5)))
     if kl == 0:
