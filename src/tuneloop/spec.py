@@ -105,8 +105,9 @@ _REGISTRY = [
     Hyperparameter("lora_rank", int, 1, 1024, "LoRA rank r, e.g. 16", 16, trl="LoraConfig.r", **_LORA),
     Hyperparameter("lora_alpha", int, 1, 4096, "LoRA scaling alpha, e.g. 32", 32, trl="LoraConfig.lora_alpha",
                    **_LORA),
+    # RL: 16 completions, 2 prompts x 8 per step (TRL's default is 8, one prompt): a small prompt set gets updates
     Hyperparameter("global_batch_size", int, 1, 65536, "samples per optimizer step, all devices",
-                   _by_technique(sft=8, dpo=8, rl=32), flag="--batch-size",
+                   _by_technique(sft=8, dpo=8, rl=16), flag="--batch-size",
                    trl="per_device_train_batch_size x gradient_accumulation_steps x devices (planned)"),
     Hyperparameter("max_steps", int, 1, 10_000_000, "stop after this many optimizer steps (overrides epochs)",
                    None, trl="max_steps"),
@@ -135,7 +136,8 @@ _REGISTRY = [
                    trl="GRPOConfig.num_generations", **_RL),
     Hyperparameter("temperature", float, 0.01, 10.0, "sampling temperature, e.g. 1.0", 1.0,
                    trl="GRPOConfig.temperature", **_RL),
-    Hyperparameter("kl_loss_coef", float, 0.0, 100.0, "KL penalty to the starting model, e.g. 0.001", 0.001,
+    # 0, TRL's GRPO default (GRPOConfig.beta): no reference model, no reference forward pass per step
+    Hyperparameter("kl_loss_coef", float, 0.0, 100.0, "KL penalty to the starting model, e.g. 0.001", 0.0,
                    flag="--kl-coef", trl="GRPOConfig.beta", **_RL),
     Hyperparameter("clip_ratio", float, 0.0, 10.0, "PPO-style ratio clipping epsilon, e.g. 0.2", 0.2,
                    trl="GRPOConfig.epsilon", **_RL),

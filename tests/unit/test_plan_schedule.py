@@ -8,6 +8,7 @@ from tuneloop.training.plan import (DataStats, Hardware, ModelShape, auto_epochs
 
 CPU = Hardware("cpu", 1, 16.0, False, 2)
 SMOL = ModelShape(134_515_008, 30, 576, 49152, 9)
+RL_LEN = {"max_response_length": 64}   # RL rows without references: the 1024 default would not fit 16 GiB
 
 
 def plan(rows: int, *, defaults=None, overrides=None, technique="sft", training_type="lora", shape=SMOL, hw=CPU):
@@ -51,8 +52,21 @@ def test_user_and_catalog_values_win_over_the_derived_ones():
     assert steps.total_steps == 5
     full = plan(12, training_type="full-rank")
     assert full.epochs == 12 and full.learning_rate == 1e-5        # full-rank keeps the registry's rate
-    rl = plan(12, technique="rlvr", overrides={"max_response_length": 64})
-    assert rl.epochs == 1 and rl.learning_rate == 1e-5            # RL schedules are not derived
+    rl_catalog = plan(12, technique="rlvr", defaults={"max_epochs": 1, "learning_rate": 2e-4}, overrides=RL_LEN)
+    assert rl_catalog.epochs == 1 and rl_catalog.learning_rate == 2e-4
+    rl_user = plan(12, technique="rlvr", overrides={**RL_LEN, "max_epochs": 1, "learning_rate": 1e-5})
+    assert rl_user.epochs == 1 and rl_user.learning_rate == 1e-5
+    assert plan(12, technique="rlvr", training_type="full-rank", overrides=RL_LEN).learning_rate == 1e-6   # the registry's rate
+
+
+def test_rl_gets_passes_for_its_target_steps_and_a_size_scaled_rate():
+    rl = plan(16, technique="rlvr", overrides=RL_LEN)           # 16 prompts, 2 per step (16 completions of 8 generations)
+    assert rl.global_batch == 16 and rl.steps_per_epoch == 8 and rl.epochs == 2 and rl.total_steps == 16
+    assert rl.learning_rate == auto_learning_rate("rlvr", SMOL.parameters, 16, 32) == pytest.approx(4.86e-4)
+    assert auto_learning_rate("rlaif", 7_000_000_000, 16, 32) == 1e-4
+    assert rl.kl_coef == 0.0 and any(n.startswith("epochs 2: 8 steps per pass") for n in rl.notes)
+    assert plan(1000, technique="rlvr", overrides=RL_LEN).epochs == 1                       # the data already gives the steps
+    assert plan(16, technique="rlaif", overrides={**RL_LEN, "max_steps": 5}).total_steps == 5
 
 
 def test_time_comes_from_the_measured_throughput():
