@@ -1,19 +1,25 @@
 """python bench/api_throughput.py [--jobs 1000] [--clients 32] [--seconds 10] [--upload-mb 500]
+                             [--client asyncio|aiohttp|threads]
 
 The fine-tuning API's throughput, against a live `tuneloop serve --workers 0` on a fresh
 TUNELOOP_HOME (the built-in model; nothing trains):
 
 1. job list (`GET /v1/fine_tuning/jobs?limit=20`) and retrieve (`GET /v1/fine_tuning/jobs/ID`)
    requests/s and latency percentiles with --jobs jobs in the database and --clients concurrent
-   clients (threads with one keep-alive httpx connection each), for --seconds each; the target is
-   p99 under 100 ms on this 2-core machine. One job is made through the API; the others are
-   inserted with the store's own calls as copies of it (a creation runs the whole prepare, which
-   is not what this measures).
+   clients, each on its own keep-alive connection, for --seconds each; the target is p99 under
+   100 ms on this 2-core machine. The clients (`--client`): `asyncio` (default), connections on
+   one asyncio loop that each send a GET and read the status, headers and whole body before the
+   next, as wrk does; `aiohttp`, a session of one connection each on one loop; `threads`, a thread
+   and httpx.Client each (this bench's first version, the heaviest client). One job is made
+   through the API; the others are inserted with the store's own calls as copies of it (a
+   creation runs the whole prepare, which is not what this measures). The server is an open one
+   (no keys): a project key's lookup, in the thread pool, is not measured here.
    The clients run in this process on the same 2 cores, so the server's own CPU per request is
-   reported too (from /proc): it is what a faster client machine would see the server need.
+   reported too (from /proc), and the clients' (this process's): the server's is what a client
+   on another machine would see it need.
 2. upload MB/s of a --upload-mb MB JSONL file through `POST /v1/files` (streamed multipart, the
    openai client) vs the baseline: `shutil.copyfileobj` of the same file to the same disk, the
-   fastest a byte can go from one file to another here.
+   fastest a byte can go from one file to another here. `--upload-mb 0` skips it.
 """
 
 from __future__ import annotations
@@ -78,7 +84,86 @@ def seed_jobs(home: Path, file_id: str, template: dict, n: int) -> list[str]:
     return ids
 
 
-def hammer(url: str, paths: list[str], clients: int, seconds: float, server_pid: int | None = None) -> dict:
+def hammer(url: str, paths: list[str], clients: int, seconds: float, server_pid: int | None = None,
+           kind: str = "aiohttp") -> dict:
+    cpu0 = server_cpu(server_pid)
+    started = time.monotonic()
+    own0 = sum(os.times()[:2])
+    fn = {"asyncio": hammer_raw, "aiohttp": hammer_aiohttp, "threads": hammer_threads}[kind]
+    latencies, errors = fn(url, paths, clients, seconds)
+    wall = time.monotonic() - started
+    cpu = server_cpu(server_pid) - cpu0
+    own = sum(os.times()[:2]) - own0
+    q = statistics.quantiles(latencies, n=100)
+    return {"requests": len(latencies), "rps": len(latencies) / wall, "p50_ms": q[49] * 1000,
+            "p99_ms": q[98] * 1000, "errors": errors, "server_cpu_ms_per_request": cpu * 1000 / len(latencies),
+            "server_cpu_share": cpu / wall, "client_cpu_ms_per_request": own * 1000 / len(latencies)}
+
+
+def hammer_raw(url: str, paths: list[str], clients: int, seconds: float) -> tuple[list[float], int]:
+    """`clients` keep-alive HTTP/1.1 connections on one asyncio loop, each sending a GET and reading
+    its status line, headers and Content-Length body before the next (what wrk does, in Python)."""
+    import asyncio
+
+    host, port = url.split("//", 1)[1].rsplit(":", 1)
+    latencies: list[float] = []
+    errors = [0]
+    heads = [f"GET {p} HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Bearer x\r\n\r\n".encode() for p in paths]
+
+    async def client(k: int, stop: float) -> None:
+        reader, writer = await asyncio.open_connection(host, int(port))
+        i = k
+        while time.monotonic() < stop:
+            t = time.perf_counter()
+            writer.write(heads[i % len(heads)])
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                          if line[:15].lower() == b"content-length:")
+            await reader.readexactly(length)
+            latencies.append(time.perf_counter() - t)
+            errors[0] += head[9:12] != b"200"
+            i += clients
+        writer.close()
+
+    async def main() -> None:
+        stop = time.monotonic() + seconds
+        await asyncio.gather(*(client(k, stop) for k in range(clients)))
+
+    asyncio.run(main())
+    return latencies, errors[0]
+
+
+def hammer_aiohttp(url: str, paths: list[str], clients: int, seconds: float) -> tuple[list[float], int]:
+    """`clients` tasks on one loop, each with its own session of one keep-alive connection."""
+    import asyncio
+
+    import aiohttp
+
+    latencies: list[float] = []
+    errors = [0]
+
+    async def client(k: int, stop: float) -> None:
+        async with aiohttp.ClientSession(url, connector=aiohttp.TCPConnector(limit=1),
+                                         headers={"Authorization": "Bearer x"}) as s:
+            i = k
+            while time.monotonic() < stop:
+                t = time.perf_counter()
+                async with s.get(paths[i % len(paths)]) as r:
+                    await r.read()
+                    latencies.append(time.perf_counter() - t)
+                    errors[0] += r.status != 200
+                i += clients
+
+    async def main() -> None:
+        stop = time.monotonic() + seconds
+        await asyncio.gather(*(client(k, stop) for k in range(clients)))
+
+    asyncio.run(main())
+    return latencies, errors[0]
+
+
+def hammer_threads(url: str, paths: list[str], clients: int, seconds: float) -> tuple[list[float], int]:
+    """`clients` threads, each with one httpx.Client (one keep-alive connection)."""
     latencies: list[float] = []
     errors = [0]
     lock = threading.Lock()
@@ -99,18 +184,11 @@ def hammer(url: str, paths: list[str], clients: int, seconds: float, server_pid:
             latencies.extend(mine)
 
     threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
-    cpu0 = server_cpu(server_pid)
-    started = time.monotonic()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    wall = time.monotonic() - started
-    cpu = server_cpu(server_pid) - cpu0
-    q = statistics.quantiles(latencies, n=100)
-    return {"requests": len(latencies), "rps": len(latencies) / wall, "p50_ms": q[49] * 1000,
-            "p99_ms": q[98] * 1000, "errors": errors[0], "server_cpu_ms_per_request": cpu * 1000 / len(latencies),
-            "server_cpu_share": cpu / wall}
+    return latencies, errors[0]
 
 
 def server_cpu(pid: int | None) -> float:
@@ -126,7 +204,8 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=1000)
     ap.add_argument("--clients", type=int, default=32)
     ap.add_argument("--seconds", type=float, default=10.0)
-    ap.add_argument("--upload-mb", type=int, default=500)
+    ap.add_argument("--upload-mb", type=int, default=500, help="0: no upload")
+    ap.add_argument("--client", choices=("asyncio", "aiohttp", "threads"), default="asyncio")
     args = ap.parse_args()
     import openai
 
@@ -153,14 +232,15 @@ def main() -> None:
         template = {"model": "tuneloop/tiny-qwen3", "dataset": row["dataset"], "spec": row["spec"],
                     "plan": row["plan"], "method": store.finetuning.get_job("default", first.id)["method"]}
         ids = [first.id] + seed_jobs(home, f.id, template, args.jobs - 1)
-        print(f"{len(ids)} jobs in the database; {args.clients} clients, {args.seconds:g} s each")
+        print(f"{len(ids)} jobs in the database; {args.clients} clients ({args.client}), {args.seconds:g} s each")
         for name, paths in (("list (limit 20)", ["/v1/fine_tuning/jobs?limit=20"]),
                             ("retrieve", [f"/v1/fine_tuning/jobs/{i}" for i in ids])):
-            r = hammer(url, paths, args.clients, args.seconds, proc.pid)
+            r = hammer(url, paths, args.clients, args.seconds, proc.pid, args.client)
             print(f"{name}: {r['rps']:.0f} req/s, p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, "
                   f"{r['errors']} errors; the server used {r['server_cpu_ms_per_request']:.2f} CPU ms a request "
-                  f"({r['server_cpu_share']:.2f} cores; the clients, in this process, the rest)")
-
+                  f"({r['server_cpu_share']:.2f} cores); the clients {r['client_cpu_ms_per_request']:.2f}")
+        if args.upload_mb <= 0:
+            return
         big = tmp / "big.jsonl"
         line = json.dumps({"messages": [{"role": "user", "content": "x" * 480},
                                         {"role": "assistant", "content": "y" * 480}]}) + "\n"
