@@ -124,6 +124,9 @@ _REGISTRY = [
     Hyperparameter("num_processes", int, 1, 4096, "training processes (DDP ranks: gloo on CPU, NCCL one per GPU); "
                    "the global batch is split across them", 1,
                    trl="torchrun --nproc-per-node / ScalingConfig.num_workers", **_SCALE),
+    Hyperparameter("nodes", int, 1, 1024, "machines the job spans, --num-processes on each (torchrun's "
+                   "rendezvous): run the same command on every machine with TUNELOOP_MASTER_ADDR=HOST:PORT of "
+                   "node 0 and TUNELOOP_NODE_RANK=0..nodes-1", 1, trl="torchrun --nnodes", **_SCALE),
     Hyperparameter("backend", str, 0, 0, "where the processes run: local (this machine, torch.distributed) or "
                    "ray (Ray Train workers on the cluster at $TUNELOOP_RAY_ADDRESS)", "local",
                    trl="ray.train.torch.TorchTrainer for ray", choices=("local", "ray"), **_SCALE),

@@ -10,12 +10,13 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import DEMO_DATA, cli
+from tests.conftest import DEMO_DATA, REPO, cli
 
 pytestmark = pytest.mark.slow
 
@@ -214,3 +215,33 @@ def test_a_job_killed_on_one_process_resumes_on_two_and_a_batch_that_does_not_sp
     resumed = finished(cli(*tune("grow", "--num-processes", "2", steps=40, save=5), timeout=600))
     assert resumed["id"] == job["id"] and resumed["attempts"] == 2, resumed
     assert_resumed_on(resumed, "grow", "1 process", "2 processes on this machine", 4, 40)
+
+
+def test_two_machines_with_the_same_command_form_one_job(home, tmp_path):
+    """--nodes 2 on 127.0.0.1: node 0 (TUNELOOP_NODE_RANK=0) owns the job; node 1, with a home of its
+    own, only contributes its rank; together they train what one process trains."""
+    from tuneloop.service.launch import free_port
+
+    master = {"TUNELOOP_MASTER_ADDR": f"127.0.0.1:{free_port()}"}
+    args = tune("nodes", "--nodes", "2", steps=6, save=3)
+    node0 = subprocess.Popen([sys.executable, "-m", "tuneloop", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, env={**os.environ, **master, "TUNELOOP_NODE_RANK": "0"}, cwd=REPO)
+    node1 = cli(*args[:-1], env={**master, "TUNELOOP_NODE_RANK": "1", "TUNELOOP_HOME": str(tmp_path / "node1")},
+                timeout=600)
+    out, err = node0.communicate(timeout=600)
+    assert node1.returncode == 0, node1.stdout + node1.stderr
+    assert "Node 1 of 2 (rendezvous at 127.0.0.1:" in node1.stderr and "node 0 owns the job" in node1.stderr
+    two = finished(subprocess.CompletedProcess(args, node0.returncode, out, err))
+    log = events(two["id"], "nodes")
+    assert "launching 1 process on node 0 of 2 (rendezvous at 127.0.0.1:" in log and log.count("training started on cpu") == 1, log
+    p = plan_of(two, "nodes")
+    assert (p["nodes"], p["num_processes"], p["world_size"], p["per_device_batch"], p["global_batch"]) == (2, 1, 2, 4, 8)
+    assert json.loads(cli("status", "--project", "nodes", "--json",
+                          env={"TUNELOOP_HOME": str(tmp_path / "node1")}).stdout) == []   # no job on node 1
+    one = finished(cli(*tune("onenode"), timeout=600))
+    a, b = curve(one["id"], "onenode"), curve(two["id"], "nodes")
+    assert sorted(a) == sorted(b) == list(range(1, 7)), (a, b)
+    worst = max(abs(a[s] - b[s]) / abs(a[s]) for s in a)
+    assert worst <= LOSS_REL, f"loss curves differ by {worst:.2e} relative: {a} vs {b}"
+    [pkg] = json.loads(cli("registry", "list", "--project", "nodes", "--json").stdout)
+    assert pkg["job_id"] == two["id"]

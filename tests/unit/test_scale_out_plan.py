@@ -93,6 +93,29 @@ def test_a_ray_plan_is_laid_out_on_the_cluster_nodes():
     assert "0 GPUs in all, room for 0" in str(e.value) and "machine with GPUs" in e.value.hint
 
 
+def test_several_machines_split_the_global_batch_over_all_their_ranks():
+    from tuneloop.service.launch import node_rank, rendezvous
+
+    two = plan(nodes=2, num_processes=2)
+    assert (two.nodes, two.num_processes, two.world_size, two.per_device_batch, two.global_batch) == (2, 2, 4, 2, 8)
+    assert any(n.startswith("layout: 2 machines x 2 processes each (torchrun rendezvous") and "x 4 = global batch 8" in n
+               for n in two.notes)
+    with pytest.raises(ValidationError) as e:
+        plan(nodes=2, backend="ray")
+    assert e.value.param == "nodes"
+    with pytest.raises(ValidationError) as e:    # a job does not move onto more machines on resume
+        relayout(plan(num_processes=2), two, "j")
+    assert "--force" in e.value.hint
+    assert rendezvous(2, {"TUNELOOP_MASTER_ADDR": "10.0.0.1:29500"}) == ("10.0.0.1", 29500)
+    for bad in ({}, {"TUNELOOP_MASTER_ADDR": "10.0.0.1"}):
+        with pytest.raises(ValidationError) as e:
+            rendezvous(2, bad)
+        assert "TUNELOOP_MASTER_ADDR=HOST:PORT" in str(e.value) and "TUNELOOP_NODE_RANK=0" in e.value.hint
+    assert node_rank(2, {}) == 0 and node_rank(2, {"TUNELOOP_NODE_RANK": "1"}) == 1
+    with pytest.raises(ValidationError):
+        node_rank(2, {"TUNELOOP_NODE_RANK": "2"})
+
+
 def test_the_knobs_are_checked_and_scoped():
     assert check_hyperparameters({"num_processes": 2, "backend": "ray"}, "lora", "sft") == \
         {"num_processes": 2, "backend": "ray"}

@@ -102,6 +102,10 @@ def tune(
         print(note, file=sys.stderr)
     if outcome.kind == "dry_run":
         return _render_dry_run(prep, as_json)
+    if outcome.kind == "joined":      # a node > 0 of a job on several machines: node 0 owns the job
+        if as_json:
+            print_json({"outcome": "joined", "job": None})
+        return
     job = outcome.job
     if not as_json:
         verb = {"submitted": "Submitted", "following": "Following the running", "completed": "Found the completed"}

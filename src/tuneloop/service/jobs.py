@@ -57,7 +57,7 @@ class Prepared:
 
 @dataclass
 class Outcome:
-    kind: str                      # submitted | following | completed | dry_run
+    kind: str                      # submitted | following | completed | dry_run | joined (a node > 0 of --nodes)
     job: dict[str, Any] | None
     plan: Plan | None = None
     spec: JobSpec | None = None
@@ -147,6 +147,14 @@ class JobService:
 
                 notes.append(check_ray())
                 plan = plan_on_cluster(plan, self.hardware.cpu_cores)
+            if plan.nodes > 1:          # node 0's address and this machine's place, before any job exists
+                from tuneloop.service.launch import node_rank, rendezvous
+
+                host, port = rendezvous(plan.nodes)
+                rank = node_rank(plan.nodes)
+                notes.append(f"ℹ️  Node {rank} of {plan.nodes} (rendezvous at {host}:{port})"
+                             + ("; this node owns the job" if rank == 0 else
+                                "; node 0 owns the job: this command runs this machine's ranks until the job ends"))
             if rl:
                 notes += self.row_reward_notes(spec, staged.path)
                 if dry_run:
@@ -282,6 +290,12 @@ class JobService:
         """Idempotency per technique, then create and start the job (unless dry_run)."""
         spec = prep.spec
         staging = prep.staged.path.parent
+        if prep.plan.nodes > 1 and not dry_run:
+            from tuneloop.service.launch import node_rank
+
+            rank = node_rank(prep.plan.nodes)
+            if rank > 0:
+                return self.join(prep, rank)
         try:
             if not force:
                 existing = self.store.latest_job(spec.project, spec.technique)
@@ -347,6 +361,37 @@ class JobService:
                                    "to": {f: getattr(new, f) for f in ("num_processes", "backend", "per_device_batch",
                                                                        "grad_accum", "threads")}})
         return f"ℹ️  Job {job['id']}: {message}."
+
+    def join(self, prep: Prepared, rank: int) -> Outcome:
+        """Node `rank` (> 0) of a job on several machines (`--nodes`): no job here (node 0's runner
+        owns its record, events and output); this process runs this machine's ranks, joined to node
+        0's rendezvous, on the same staged data and plan, in a folder of its own under
+        TUNELOOP_HOME/nodes, and returns when they have exited."""
+        from tuneloop.service.launch import ProcessesLost, launch_file, run_node
+
+        spec = prep.spec
+        staging = prep.staged.path.parent
+        folder = self.settings.home / "nodes" / f"{spec.project}-{spec.technique}-node{rank}-{uuid.uuid4().hex[:8]}"
+        try:
+            (folder / "data").mkdir(parents=True, exist_ok=True)
+            for f in staging.glob("*.jsonl"):
+                shutil.move(str(f), folder / "data" / f.name)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        job = dict(id=folder.name, project=spec.project, technique=spec.technique, training_type=spec.training_type,
+                   model=spec.model, dataset=spec.dataset, spec=spec_record(spec, _dataset_record(prep)),
+                   plan=prep.plan.to_dict(), job_dir=str(folder), dataset_sha256=prep.staged.sha256,
+                   dataset_rows=prep.staged.rows)
+        model = prep.model
+        path = launch_file(job, model_dir=model.adapter or model.load_path(), lora_targets=model.lora_targets,
+                           models_dir=self.settings.models_dir)
+        try:
+            run_node(job, prep.plan, path, rank)
+        except (ProcessesLost, RuntimeError) as e:
+            raise JobFailedError(f"Node {rank}'s ranks stopped: {e}",
+                                 hint="Node 0's `tuneloop status` says what happened to the job; its logs: "
+                                      f"{folder / 'launch' / 'logs'}") from None
+        return Outcome("joined", None, prep.plan, spec, prep.notes + [f"✅ Node {rank}'s ranks finished ({folder})"])
 
     def create_api_job(self, prep: Prepared, name: str) -> dict[str, Any]:
         """A queued job named `name` for the fine-tuning API: any number may be active per technique

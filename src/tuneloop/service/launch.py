@@ -9,6 +9,11 @@ becomes torchelastic's agent for this machine (`elastic_launch`, what `torchrun`
 processes of this module, with RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT set, which
 transformers' Trainer (through accelerate) reads to train with DDP (gloo on a CPU, NCCL on GPUs).
 
+On several machines (`--nodes M`): node 0's runner is the agent hosting the static rendezvous at
+TUNELOOP_MASTER_ADDR (`run_local`); the same `tune` command on each other machine
+(TUNELOOP_NODE_RANK=1..M-1) creates no job and runs that machine's ranks in the foreground
+(`run_node`, through JobService.join), which train and report nothing.
+
 Every rank runs the technique's recipe; only rank 0 opens the store and reports (events, metrics,
 MLflow) and writes checkpoints' trainer state and the output, then `JOB_DIR/launch/result.json`;
 the runner reads it and registers the output as for one process. What happens when a rank ends
@@ -99,25 +104,79 @@ def run_rank(launch: dict[str, Any], rank: int, store: Any, tracker: Any):
 def run_local(store: Any, job: dict[str, Any], plan: Plan, launch_path: Path) -> dict[str, Any]:
     """Run the job's ranks on this machine under torchelastic's agent (this process) and return rank
     0's result; ProcessesLost when a rank was killed, RuntimeError with the rank's error when one
-    raised. Returns only when every rank has exited."""
+    raised. Returns only when every rank has exited. With --nodes this is node 0: the agents of the
+    other machines (run_node) join its rendezvous at TUNELOOP_MASTER_ADDR."""
+    n = plan.num_processes
+    if plan.nodes > 1:
+        if any(Path(job["job_dir"]).glob("checkpoints/checkpoint-*/trainer_state.json")):
+            raise RuntimeError(f"a job on {plan.nodes} machines does not resume from a checkpoint yet (the other "
+                               "machines' ranks would start over); start it again with --force")
+        host, port = rendezvous(plan.nodes)
+    else:
+        host, port = "127.0.0.1", free_port()
+    if plan.device == "cpu" and plan.threads:
+        os.environ["OMP_NUM_THREADS"] = str(plan.threads)   # accelerate would set cores / N otherwise
+    os.environ["TUNELOOP_LAUNCHER_PID"] = str(os.getpid())  # the ranks die with this process
+    where = f"on node 0 of {plan.nodes} (rendezvous at {host}:{port})" if plan.nodes > 1 else "on this machine"
+    if store is not None:
+        store.add_event(job["id"], f"launching {n} process{'es' if n != 1 else ''} {where} (DDP over "
+                                   f"{'gloo' if plan.device == 'cpu' else 'NCCL'}; rank 0 reports)",
+                        data={"num_processes": n, "nodes": plan.nodes, "backend": "local", "master": f"{host}:{port}",
+                              "threads_per_process": plan.threads})
+    return _launch(job, plan, launch_path, host, port, node_rank=0)
+
+
+def run_node(job: dict[str, Any], plan: Plan, launch_path: Path, node_rank: int) -> None:
+    """Node `node_rank` (> 0) of a job on several machines: its ranks, under torchelastic's agent
+    (this process, in the foreground), joined to node 0's rendezvous; they train and report
+    nothing (node 0's rank 0 owns the job). Returns when they have all exited."""
+    host, port = rendezvous(plan.nodes)
+    if plan.device == "cpu" and plan.threads:
+        os.environ["OMP_NUM_THREADS"] = str(plan.threads)
+    os.environ["TUNELOOP_LAUNCHER_PID"] = str(os.getpid())
+    _launch(job, plan, launch_path, host, port, node_rank=node_rank)
+
+
+MASTER_ENV, NODE_RANK_ENV = "TUNELOOP_MASTER_ADDR", "TUNELOOP_NODE_RANK"
+
+
+def rendezvous(nodes: int, environ: dict[str, str] | None = None) -> tuple[str, int]:
+    """Node 0's HOST, PORT for a job on `nodes` machines (TUNELOOP_MASTER_ADDR), or the refusal."""
+    from tuneloop.errors import ValidationError
+
+    value = (environ if environ is not None else os.environ).get(MASTER_ENV, "").strip()
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValidationError(f"--nodes {nodes} needs node 0's address in {MASTER_ENV}=HOST:PORT"
+                              + (f" (got {value!r})" if value else "") + ".",
+                              hint=f"On every machine: export {MASTER_ENV}=NODE0_HOST:29500 and "
+                                   f"{NODE_RANK_ENV}=0 on node 0, 1 .. {nodes - 1} on the others.", param="nodes")
+    return host, int(port)
+
+
+def node_rank(nodes: int, environ: dict[str, str] | None = None) -> int:
+    """This machine's TUNELOOP_NODE_RANK (0 when unset), checked against --nodes."""
+    from tuneloop.errors import ValidationError
+
+    value = (environ if environ is not None else os.environ).get(NODE_RANK_ENV, "0").strip() or "0"
+    if not value.isdigit() or int(value) >= max(nodes, 1):
+        raise ValidationError(f"{NODE_RANK_ENV}={value} is not a node of --nodes {nodes} (0 .. {nodes - 1}).",
+                              param="nodes")
+    return int(value)
+
+
+def _launch(job: dict[str, Any], plan: Plan, launch_path: Path, host: str, port: int, node_rank: int) -> dict | None:
     from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     n = plan.num_processes
-    port = free_port()
-    if plan.device == "cpu" and plan.threads:
-        os.environ["OMP_NUM_THREADS"] = str(plan.threads)   # accelerate would set cores / N otherwise
-    os.environ["TUNELOOP_LAUNCHER_PID"] = str(os.getpid())  # the ranks die with this process
     config = LaunchConfig(
-        min_nodes=1, max_nodes=1, nproc_per_node=n, run_id=job["id"], rdzv_backend="static",
-        rdzv_endpoint=f"127.0.0.1:{port}", rdzv_configs={"rank": 0, "timeout": RDZV_TIMEOUT_S},
-        max_restarts=0, monitor_interval=0.2, start_method="spawn", local_addr="127.0.0.1",
+        min_nodes=plan.nodes, max_nodes=plan.nodes, nproc_per_node=n,
+        run_id=job["id"] if plan.nodes == 1 else "tuneloop", rdzv_backend="static",
+        rdzv_endpoint=f"{host}:{port}", rdzv_configs={"rank": node_rank, "timeout": RDZV_TIMEOUT_S},
+        max_restarts=0, monitor_interval=0.2, start_method="spawn", local_addr=host if node_rank == 0 else None,
         logs_specs=DefaultLogsSpecs(log_dir=str(launch_path.parent / "logs")), shutdown_timeout=SHUTDOWN_S)
-    store.add_event(job["id"], f"launching {n} processes on this machine (DDP over "
-                               f"{'gloo' if plan.device == 'cpu' else 'NCCL'}; rank 0 reports)",
-                    data={"num_processes": n, "backend": "local", "master": f"127.0.0.1:{port}",
-                          "threads_per_process": plan.threads})
     try:
         elastic_launch(config, sys.executable)("-u", "-m", "tuneloop.service.launch", str(launch_path))
     except ChildFailedError as e:
@@ -138,7 +197,7 @@ def run_local(store: Any, job: dict[str, Any], plan: Plan, launch_path: Path) ->
             text, trace = str(message), ""
         raise RankFailed(f"rank {rank} failed: {text.strip().splitlines()[-1] if text.strip() else failure.exitcode}",
                          trace) from None
-    return read_result(job)
+    return read_result(job) if node_rank == 0 else None
 
 
 class RankFailed(RuntimeError):

@@ -117,7 +117,7 @@ def _tune(store: Store, settings, job: dict[str, Any], tracker) -> str:
                     models_dir=settings.models_dir)
     model_dir, targets = model.adapter or model.load_path(), model.lora_targets  # RL loads an adapter's base itself
     plan = Plan(**job["plan"])
-    if plan.num_processes > 1 or plan.backend != "local":
+    if plan.num_processes > 1 or plan.nodes > 1 or plan.backend != "local":
         result = _run_scaled(store, settings, job, plan, model_dir, targets, tracker)
     else:
         ctx = JobContext(store=store, job=job, spec=spec, plan=plan, model_dir=model_dir,
