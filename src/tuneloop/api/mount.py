@@ -1,5 +1,6 @@
 """What `tuneloop serve` adds to the inference server: the fine-tuning API's routers (files,
-jobs, graders), its `ft:` models served on demand, and the workers that start queued jobs.
+jobs, graders), its `ft:` models served on demand, the workers that start queued jobs, and the
+thread that posts the jobs' ends to the projects' webhooks.
 
     ext = api_extensions(open_services(), workers=1)
     serving.server.run(..., extensions=ext)
@@ -43,5 +44,15 @@ def api_extensions(services: Services, workers: int = 1) -> Extensions:
                                                                             flush=True))
 
         background.append(work)
+
+    def post_webhooks(stop: threading.Event) -> None:
+        """Every second: the ends of jobs posted to their project's webhooks (service/webhooks.py)."""
+        while not stop.wait(1.0):
+            try:
+                services.webhooks.tick()
+            except Exception as e:  # noqa: BLE001 - a locked database, say: the next second tries again
+                print(f"webhooks: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+
+    background.append(post_webhooks)
     return Extensions(routers=[files_router(svc.files), jobs_router(svc), graders_router],
                       on_demand=FineTunedModels(services), background=background, streamed=("/v1/files",))

@@ -13,7 +13,7 @@ from tuneloop.cli import datasets
 from tuneloop.cli import evaluate, evaluators
 from tuneloop.cli import deploy, serve
 from tuneloop.cli import export
-from tuneloop.cli import keys
+from tuneloop.cli import keys, webhooks
 from tuneloop.cli import ui
 
 app = typer.Typer(name="tuneloop", help="Self-hosted model customization: tune -> adapter -> deploy -> test.",
@@ -38,6 +38,7 @@ app.command("deploy")(deploy.deploy)
 app.command("deployment")(deploy.deployment)
 app.command("export")(export.export)
 app.add_typer(keys.app, name="keys")
+app.add_typer(webhooks.app, name="webhooks")
 app.command("ui")(ui.ui)
 
 

@@ -31,6 +31,7 @@ if TYPE_CHECKING:  # the services import the libraries they drive; load them whe
     from tuneloop.service.deployments import DeploymentService
     from tuneloop.service.finetuning import FineTuningService
     from tuneloop.service.keys import KeyService
+    from tuneloop.service.webhooks import WebhookService
 
 
 @dataclass
@@ -68,6 +69,13 @@ class Services:
         from tuneloop.service.keys import KeyService
 
         return KeyService(self.store, self.settings)
+
+    @cached_property
+    def webhooks(self) -> "WebhookService":
+        """Webhooks per project: fine-tuning jobs' ends posted, signed (`tuneloop webhooks`)."""
+        from tuneloop.service.webhooks import WebhookService
+
+        return WebhookService(self.store)
 
     @cached_property
     def finetuning(self) -> "FineTuningService":

@@ -15,7 +15,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from tuneloop.errors import ConfigError
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 metadata = MetaData()
 
 
@@ -295,9 +295,38 @@ def _migrate_8(conn: Connection) -> None:
         conn.exec_driver_sql("CREATE INDEX ix_fine_tuning_jobs_listing ON fine_tuning_jobs (project, created_at, id)")
 
 
+# ---- webhooks per project (version 9): where a fine-tuning job's end is posted, and each post ----
+webhooks = Table(
+    "webhooks", metadata,
+    Column("id", String(32), primary_key=True),              # wh_<hex>: what list and remove name
+    Column("project", String(64), nullable=False, index=True),
+    Column("url", Text, nullable=False),
+    Column("secret", String(80), nullable=False),            # whsec_<base64>: the receiver verifies with it
+    Column("created_at", DateTime, nullable=False),          # jobs that end from then on are posted
+)
+webhook_deliveries = Table(
+    "webhook_deliveries", metadata,
+    Column("id", String(40), primary_key=True),              # msg_<hex>: the webhook-id header, kept across retries
+    Column("webhook_id", String(32), nullable=False),
+    Column("job_id", String(64), nullable=False),
+    Column("type", String(48), nullable=False),              # fine_tuning.job.succeeded | failed | cancelled
+    Column("body", Text, nullable=False),                    # the event as posted, byte for byte each time
+    Column("attempts", Integer, nullable=False),
+    Column("next_at", DateTime, nullable=False),             # when the next attempt is due (or the lease ends)
+    Column("delivered_at", DateTime),
+    Column("last_error", Text),
+    Column("created_at", DateTime, nullable=False),
+    UniqueConstraint("webhook_id", "job_id", name="uq_webhook_deliveries_job"),   # one post per job and hook
+)
+
+
+def _migrate_9(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[webhooks, webhook_deliveries])
+
+
 # version N -> function upgrading a database at version N-1
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {2: _migrate_2, 3: _migrate_3, 4: _migrate_4, 5: _migrate_5,
-                                                       6: _migrate_6, 7: _migrate_7, 8: _migrate_8}
+                                                       6: _migrate_6, 7: _migrate_7, 8: _migrate_8, 9: _migrate_9}
 
 
 def _json_loads(text: str | bytes) -> Any:

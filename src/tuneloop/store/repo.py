@@ -20,6 +20,7 @@ from tuneloop.store.db import deployed_models, deployments
 from tuneloop.store.db import model_artifacts
 from tuneloop.store.finetuning import FineTuningStore
 from tuneloop.store.keys import KeyStore
+from tuneloop.store.webhooks import WebhookStore
 
 ACTIVE_STATES = ("queued", "running")
 FINAL_STATES = ("completed", "failed", "cancelled")
@@ -33,6 +34,7 @@ class Store:
         self.evaluators = VersionedAssets(engine, EVALUATORS)
         self.keys = KeyStore(engine)                              # API keys (store/keys.py)
         self.finetuning = FineTuningStore(engine)                 # the fine-tuning API's files and jobs
+        self.webhooks = WebhookStore(engine)                      # webhooks per project, their deliveries
 
     # ---- jobs -------------------------------------------------------------------------------
     def insert_job(self, row: dict[str, Any]) -> bool:
