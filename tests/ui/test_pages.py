@@ -161,15 +161,24 @@ def test_a_viewer_with_a_project_key_names_ids_never_paths_on_the_server(home, m
     assert plan.status_code == 200 and "est. time" in plan.text, plan.text[-2000:]   # ids: planned
     refused = {"model_other": "/etc", "dataset_other": str(DEMO_DATA / "sft.jsonl"), "dataset": "../../sft.jsonl",
                "model": str(models_dir / ".." / "x.gguf"), "judge_model": "/root/models/judge",
-               "reward_function": "/tmp/reward.py:score", "reward_prompt": "~/.ssh/id_rsa"}
+               "reward_prompt": "~/.ssh/id_rsa"}
     for field, value in refused.items():
-        technique = "rlaif" if field in ("judge_model", "reward_prompt") else \
-            "rlvr" if field == "reward_function" else "sft"
+        technique = "rlaif" if field in ("judge_model", "reward_prompt") else "sft"
         r = k.post("/jobs/new", data=form | {"technique": technique, field: value})
         name = field.removesuffix("_other")
         assert r.status_code == 400 and "path on the server" in r.text and name in r.text, (field, r.text[-1500:])
     r = k.post("/jobs/new", data=form | {"dataset": "s3://bucket/train.jsonl"})
     assert r.status_code == 400 and "its own credentials" in r.text
+    rows = [json.loads(line) | {"reward_model": "builtin:exact_match"}
+            for line in (DEMO_DATA / "rlvr.jsonl").read_text().splitlines() if line.strip()]
+    sums = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    assert upload(k, "sums", "rlvr.jsonl", sums, "rlvr").status_code == 200
+    rl = form | {"technique": "rlvr", "dataset": "sums", "num_generations": "4"}
+    for fn in ("os:system", "/tmp/reward.py:score", "https://grader.example.com/score"):   # code, or a URL to reach
+        r = k.post("/jobs/new", data=rl | {"reward_function": fn})
+        assert r.status_code == 400 and "reward_function" in r.text and "builtin:" in r.text, (fn, r.text[-1500:])
+    r = k.post("/jobs/new", data=rl | {"reward_function": "builtin:exact_match"})
+    assert r.status_code == 200 and "est. time" in r.text, r.text[-2000:]
     r = k.post("/jobs/new", data=form | {"action": "start", "model": "/etc"}, follow_redirects=False)
     assert r.status_code == 400 and not services.store.find_jobs("team-a")       # nothing was started
     under = models_dir / "tuneloop--tiny-qwen3"       # built by the first plan; the models dir is the server's

@@ -11,6 +11,7 @@ from typing import Any
 
 from tuneloop.catalog import TECHNIQUES, TRAINING_TYPES, load_catalog
 from tuneloop.errors import CatalogError, ValidationError
+from tuneloop.rewards.policy import RowRewardPolicy
 from tuneloop.service.server_paths import DATASET_HINT, MODEL_HINT, refuse_server_path
 from tuneloop.spec import HYPERPARAMETERS, TuneRequest
 
@@ -104,19 +105,24 @@ def tune_request(vals: dict[str, str], project: str) -> TuneRequest:
 def refuse_server_paths(vals: dict[str, str], models_dir: Path, uploads: Path) -> None:
     """The fine-tuning API's rule for a viewer with a project key (service/server_paths.py): the
     models are ids or lie under the models dir; the dataset is a registered one (uploaded on the
-    Datasets page), an hf:// dataset or a file under the UI's uploads; the reward and its prompt
-    are no file of the server's."""
+    Datasets page), an hf:// dataset or a file under the UI's uploads; the reward is what a dataset
+    row may name (rewards/policy.py: builtin:, a registered evaluator) or grader JSON, and the
+    reward prompt no file of the server's."""
     for name in ("model", "judge_model"):
         if vals.get(name):
             refuse_server_path(vals[name], param=name, roots=(models_dir,), hint=MODEL_HINT)
     if vals.get("dataset"):
         refuse_server_path(vals["dataset"], param="dataset", roots=(uploads,), urls=("hf://",), hint=DATASET_HINT)
-    for name in ("reward_function", "reward_prompt"):   # file.py:FUNC, a template file
-        value = vals.get(name)
-        if value and not value.lstrip().startswith("{"):   # grader JSON is no path
-            for ref in {value, value.rsplit(":", 1)[0]}:
-                refuse_server_path(ref, param=name, roots=(), hint="Use a builtin: reward, a Builtin.* prompt, "
-                                   "inline text or a registered evaluator.")
+    fn = vals.get("reward_function")
+    if fn and not fn.lstrip().startswith("{"):           # grader JSON: python graders run in the sandbox
+        if RowRewardPolicy.for_job()(fn) is not None:     # what a dataset row may name: no file, module or URL
+            raise ValidationError(f"reward_function {fn!r} would run code or reach a URL of this server's choosing; "
+                                  "with a project key it is a builtin: reward, grader JSON or a registered evaluator.",
+                                  param="reward_function", hint="Pick builtin:NAME, paste a grader, or ask the "
+                                  "server's user to register the reward (tuneloop evaluators create).")
+    if vals.get("reward_prompt"):                         # a template file, else inline text or Builtin.*
+        refuse_server_path(vals["reward_prompt"], param="reward_prompt", roots=(),
+                           hint="Use a Builtin.* prompt, inline text or a registered evaluator.")
 
 
 def command(vals: dict[str, str], project: str, force: bool = False) -> str:
