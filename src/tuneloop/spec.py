@@ -130,6 +130,13 @@ _REGISTRY = [
     Hyperparameter("backend", str, 0, 0, "where the processes run: local (this machine, torch.distributed) or "
                    "ray (Ray Train workers on the cluster at $TUNELOOP_RAY_ADDRESS)", "local",
                    trl="ray.train.torch.TorchTrainer for ray", choices=("local", "ray"), **_SCALE),
+    # how the ranks hold the model (training/plan.py choose_sharding): DDP replicates it, FSDP2 shards
+    # parameters, gradients and optimizer states over the ranks; auto asks the planner's memory estimate
+    Hyperparameter("sharding", str, 0, 0, "how --num-processes ranks hold the model: ddp (a full copy each), "
+                   "fsdp (parameters, gradients and optimizer states sharded over the ranks) or auto (fsdp "
+                   "only when the model's weights, gradients and optimizer states do not fit one device)", "auto",
+                   trl="TrainingArguments.fsdp + fsdp_config (FSDP2) for fsdp", choices=("auto", "ddp", "fsdp"),
+                   techniques=("sft",)),
     # RL (rlvr, rlaif): GRPO on TRL
     Hyperparameter("max_prompt_length", int, 8, 1_048_576, "prompt tokens kept (left-truncated)", 1024,
                    trl="GRPOConfig.max_prompt_length", **_RL),

@@ -7,7 +7,8 @@ claims the job and heartbeats as for one process, writes what every rank needs i
 TUNELOOP_DATABASE_URL), and
 becomes torchelastic's agent for this machine (`elastic_launch`, what `torchrun` runs): N rank
 processes of this module, with RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT set, which
-transformers' Trainer (through accelerate) reads to train with DDP (gloo on a CPU, NCCL on GPUs).
+transformers' Trainer (through accelerate) reads to train with DDP (gloo on a CPU, NCCL on GPUs), or
+FSDP2 when the plan says `sharding: fsdp` (`--sharding`, training/common.py).
 
 On several machines (`--nodes M`): node 0's runner is the agent hosting the static rendezvous at
 TUNELOOP_MASTER_ADDR (`run_local`); the same `tune` command on each other machine
@@ -119,10 +120,11 @@ def run_local(store: Any, job: dict[str, Any], plan: Plan, launch_path: Path) ->
     os.environ["TUNELOOP_LAUNCHER_PID"] = str(os.getpid())  # the ranks die with this process
     where = f"on node 0 of {plan.nodes} (rendezvous at {host}:{port})" if plan.nodes > 1 else "on this machine"
     if store is not None:
-        store.add_event(job["id"], f"launching {n} process{'es' if n != 1 else ''} {where} (DDP over "
-                                   f"{'gloo' if plan.device == 'cpu' else 'NCCL'}; rank 0 reports)",
+        store.add_event(job["id"], f"launching {n} process{'es' if n != 1 else ''} {where} ({plan.sharding.upper()} "
+                                   f"over {'gloo' if plan.device == 'cpu' else 'NCCL'}; rank 0 reports)",
                         data={"num_processes": n, "nodes": plan.nodes, "backend": "local", "master": f"{host}:{port}",
-                              "threads_per_process": plan.threads})
+                              "threads_per_process": plan.threads,
+                              "sharding": plan.sharding})
     return _launch(job, plan, launch_path, host, port, node_rank=0)
 
 

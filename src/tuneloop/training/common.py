@@ -87,8 +87,34 @@ def distributed_kwargs(plan: Plan) -> dict[str, Any]:
         return {}
     from tuneloop.training.distributed import DDP_TIMEOUT_S
 
-    return dict(ddp_backend="gloo" if plan.device == "cpu" else "nccl", ddp_timeout=DDP_TIMEOUT_S,
-                ddp_find_unused_parameters=False)
+    kwargs = dict(ddp_backend="gloo" if plan.device == "cpu" else "nccl", ddp_timeout=DDP_TIMEOUT_S,
+                  ddp_find_unused_parameters=False)
+    if plan.sharding == "fsdp":
+        # FSDP2 (fully_shard) on each decoder layer (accelerate wraps the model's _no_split_modules);
+        # it keeps requires_grad per parameter, so a LoRA model's frozen base and trained adapters
+        # shard together. Checkpoints and the output are full state dicts written by rank 0, the
+        # same files as under DDP (plus the optimizer's gathered pytorch_model_fsdp.bin / optimizer.bin).
+        kwargs.update(fsdp=True, fsdp_config={"version": 2, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+                                              "state_dict_type": "FULL_STATE_DICT", "reshard_after_forward": True,
+                                              "activation_checkpointing": False})
+    return kwargs
+
+
+def fsdp_on_cpu(plan: Plan) -> None:
+    """Let accelerate set up FSDP on CPU ranks (gloo). accelerate 1.15 turns its FSDP plugin on only
+    for accelerator devices (MULTI_GPU, MULTI_XPU, ...) and silently falls back to DDP for MULTI_CPU,
+    while torch's fully_shard itself runs on a CPU device mesh over gloo. Marking the process's
+    already-created distributed state as multi-device before the Trainer builds its Accelerator
+    makes accelerate take its FSDP path; the device stays the CPU (TrainingArguments.use_cpu).
+    Call after the TrainingArguments exist (they create that state) and before the Trainer."""
+    if plan.sharding != "fsdp" or plan.device != "cpu":
+        return
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType
+
+    state = PartialState()
+    if state.distributed_type == DistributedType.MULTI_CPU:
+        state.distributed_type = DistributedType.MULTI_GPU
 
 
 def set_threads(plan: Plan) -> None:
@@ -169,9 +195,16 @@ def has_chat_template(tokenizer) -> bool:
 
 
 def save_output(trainer, tokenizer, out_dir: Path, lora: bool) -> str:
-    """Write a PEFT adapter folder (LoRA) or a full model folder; return the output type."""
+    """Write a PEFT adapter folder (LoRA) or a full model folder; return the output type. Under FSDP
+    every rank calls this (the full state dict is gathered from all of them) and rank 0 writes."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    trainer.model.save_pretrained(str(out_dir), safe_serialization=True)
+    if getattr(trainer, "is_fsdp_enabled", False):
+        trainer.save_model(str(out_dir))   # gathers the full state dict (FULL_STATE_DICT), writes on rank 0
+        if not trainer.args.should_save:   # the other ranks only gave their shards
+            return "adapter" if lora else "full-model"
+        (out_dir / "training_args.bin").unlink(missing_ok=True)
+    else:
+        trainer.model.save_pretrained(str(out_dir), safe_serialization=True)
     tokenizer.save_pretrained(str(out_dir))
     return "adapter" if lora else "full-model"
 

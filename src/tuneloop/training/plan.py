@@ -162,6 +162,7 @@ class Plan:
     num_processes: int = 1
     backend: str = "local"          # local (torch.distributed on this machine) | ray (Ray Train workers)
     nodes: int = 1                  # machines (--nodes); num_processes runs on each, world_size counts them all
+    sharding: str = "ddp"           # ddp (a full copy per rank) | fsdp (FSDP2: states sharded over the ranks)
     notes: list[str] = field(default_factory=list)
     # RL (rlvr, rlaif) only; None otherwise. Batches count completions: global_batch / num_generations
     # prompts per step, each sampled num_generations times.
@@ -232,20 +233,29 @@ def shape_from_parameters(parameters: int) -> ModelShape:
 RUNTIME_GB = {"cpu": 0.6, "cuda": 0.5}  # Python + torch + TRL in RAM; CUDA context and workspace on a GPU
 
 
-def estimate_memory_gb(shape: ModelShape, technique: str, lora: bool, batch: int, seq: int,
-                       precision: str, checkpointing: bool, device: str = "cpu") -> float:
-    """Peak training memory: runtime, weights, grads and AdamW states, activations, logits.
-
-    Calibrated on tuneloop/small-qwen3 (CPU, fp32, 256 tokens): measured peak RSS 1155 / 1551 /
-    2308 MB at micro-batch 2 / 4 / 8, estimated 1.08 / 1.47 / 2.23 GiB (see bench/RESULTS.md)."""
+def model_states_bytes(shape: ModelShape, lora: bool, precision: str) -> float:
+    """Weights, gradients and AdamW moments of one full copy of the model: what DDP holds on every
+    rank and FSDP shards over the ranks."""
     wbytes = 4 if precision == "fp32" else 2
     p = shape.parameters
     if lora:
-        trainable = 0.01 * p
-        states = p * wbytes + trainable * 16             # frozen base + (weights, grads, 2 Adam moments) of adapters
-    else:
-        # fp32: weights + grads + 2 moments = 16 B/param; mixed precision keeps an fp32 master too
-        states = p * (16 if precision == "fp32" else 18)
+        return p * wbytes + 0.01 * p * 16   # frozen base + (weights, grads, 2 Adam moments) of ~1% adapters
+    # fp32: weights + grads + 2 moments = 16 B/param; mixed precision keeps an fp32 master too
+    return p * (16 if precision == "fp32" else 18)
+
+
+def estimate_memory_gb(shape: ModelShape, technique: str, lora: bool, batch: int, seq: int,
+                       precision: str, checkpointing: bool, device: str = "cpu", shards: int = 1) -> float:
+    """Peak training memory of one rank: runtime, weights, grads and AdamW states (1/`shards` of
+    them under FSDP), activations, logits.
+
+    Calibrated on tuneloop/small-qwen3 (CPU, fp32, 256 tokens): measured peak RSS 1155 / 1551 /
+    2308 MB at micro-batch 2 / 4 / 8, estimated 1.08 / 1.47 / 2.23 GiB (see bench/RESULTS.md).
+    The FSDP share is not measured: FSDP2 also all-gathers one layer's full weights at a time,
+    which this leaves out."""
+    wbytes = 4 if precision == "fp32" else 2
+    p = shape.parameters
+    states = model_states_bytes(shape, lora, precision) / max(shards, 1)
     rows = batch * (2 if technique == "dpo" else 1)          # DPO runs chosen and rejected
     per_token_layer = 45 * shape.hidden * wbytes              # saved activations (attention, MLP, norms), measured
     act = rows * seq * per_token_layer * (1 if checkpointing else shape.layers)
@@ -253,7 +263,7 @@ def estimate_memory_gb(shape: ModelShape, technique: str, lora: bool, batch: int
         act += rows * seq * shape.hidden * wbytes * shape.layers
     logits = rows * seq * shape.vocab * 4 * 4                 # fp32 logits, log-softmax and their gradients
     ref = p * wbytes if technique == "dpo" and not lora else 0  # full-rank DPO keeps a reference copy
-    return RUNTIME_GB[device] + (states + act + logits + ref) / 2**30
+    return RUNTIME_GB[device] + (states + act + logits + ref / max(shards, 1)) / 2**30
 
 
 def estimate_time_s(shape: ModelShape, technique: str, lora: bool, tokens: float, hw: Hardware,
@@ -310,6 +320,9 @@ def make_plan(*, technique: str, training_type: str, shape: ModelShape, data: Da
                               "workers in all.", param="nodes")
     world *= nodes
     budget = hw.memory_gb * (0.85 if hw.device == "cuda" else 0.6 / processes)   # CPU: the RAM is shared
+    sharding = choose_sharding(str(hp.get("sharding") or "ddp"), model_states_bytes(shape, lora, precision) / 2**30,
+                               budget, hw, processes * nodes, backend)
+    shards = processes * nodes if sharding == "fsdp" else 1
     if hw.device == "cpu":
         rows_per_sample = 2 if technique == "dpo" else 1
         per_world = math.ceil(global_batch / world)
@@ -319,7 +332,7 @@ def make_plan(*, technique: str, training_type: str, shape: ModelShape, data: Da
         per_device = max(1, min(global_batch // world or 1, 64))
     checkpointing = False
     while True:
-        mem = estimate_memory_gb(shape, technique, lora, per_device, seq, precision, checkpointing, hw.device)
+        mem = estimate_memory_gb(shape, technique, lora, per_device, seq, precision, checkpointing, hw.device, shards)
         if mem <= budget:
             break
         if per_device > 1:
@@ -334,7 +347,10 @@ def make_plan(*, technique: str, training_type: str, shape: ModelShape, data: Da
     if effective != global_batch:
         notes.append(f"global batch {global_batch} rounded to {effective} ({per_device} x {grad_accum} x {world})")
     if processes > 1 or nodes > 1:
-        notes.append(layout_note(hw, processes, threads, backend, per_device, grad_accum, effective, nodes))
+        notes.append(layout_note(hw, processes, threads, backend, per_device, grad_accum, effective, nodes, sharding))
+    if sharding == "fsdp":
+        notes.append(fsdp_note(str(hp.get("sharding")), model_states_bytes(shape, lora, precision) / 2**30, budget,
+                               shards, hw))
     steps_per_epoch = max(1, math.ceil(data.rows / effective))
     total = int(hp.get("max_steps") or steps_per_epoch * epochs)
     save_steps = int(hp.get("save_steps") or max(10, math.ceil(total / 5)))
@@ -350,10 +366,11 @@ def make_plan(*, technique: str, training_type: str, shape: ModelShape, data: Da
         lora_alpha=int(hp["lora_alpha"]) if lora else None,
         beta=float(hp["beta"]) if technique == "dpo" else None,
         seed=int(hp["seed"]), threads=threads, num_processes=processes, backend=backend, nodes=nodes,
+        sharding=sharding,
         # TRL's SFT data carries input_ids, which the length-grouped sampler reads; mixed lengths only
         group_by_length=technique == "sft" and data.max_tokens > 1.5 * data.mean_tokens and data.rows >= 4 * per_device,
         est_peak_memory_gb=round(estimate_memory_gb(shape, technique, lora, per_device, seq, precision,
-                                                    checkpointing, hw.device), 3),
+                                                    checkpointing, hw.device, shards), 3),
         est_time_s=round(estimate_time_s(shape, technique, lora, tokens, hw, precision), 1),
         notes=notes,
     )
@@ -377,15 +394,47 @@ def process_layout(hw: Hardware, hp: dict[str, Any], overrides: dict[str, Any]) 
     return n, n, max(1, hw.cpu_cores // n), backend
 
 
+def choose_sharding(requested: str, states_gb: float, budget_gb: float, hw: Hardware, ranks: int,
+                    backend: str) -> str:
+    """ddp or fsdp for `--sharding auto|ddp|fsdp`: auto is DDP unless one full copy of the model's
+    weights, gradients and optimizer states (`states_gb`, with the runtime) exceeds a rank's
+    memory budget, and the job has ranks to shard over on the local launcher (torchrun)."""
+    if requested == "fsdp":
+        if ranks < 2:
+            raise ValidationError("--sharding fsdp shards the model over the job's processes; this job has one.",
+                                  hint="Add --num-processes 2 (or more), or drop --sharding.", param="sharding")
+        if backend != "local":
+            raise ValidationError("--sharding fsdp runs under --backend local (torchrun) only; the Ray backend "
+                                  "runs DDP.", hint="Use --backend local, or --sharding ddp.", param="sharding")
+        return "fsdp"
+    if requested == "auto" and ranks > 1 and backend == "local" and RUNTIME_GB[hw.device] + states_gb > budget_gb:
+        return "fsdp"
+    return "ddp"
+
+
+def fsdp_note(requested: str, states_gb: float, budget_gb: float, ranks: int, hw: Hardware) -> str:
+    """What --dry-run says about a sharded job: how much of the model each rank holds, and why."""
+    why = (f"auto: the model's weights, gradients and optimizer states (~{size(states_gb)}) do not fit one "
+           f"{'process' if hw.device == 'cpu' else 'device'}'s {size(budget_gb)}" if requested == "auto"
+           else "asked for with --sharding fsdp")
+    return (f"fsdp: parameters, gradients and optimizer states sharded over {ranks} ranks, "
+            f"~{size(states_gb / ranks)} of them per rank ({why}); checkpoints and the output are "
+            "gathered into full state dicts by rank 0")
+
+
+def size(gb: float) -> str:
+    return f"{gb:.2f} GiB" if gb >= 0.1 else f"{gb * 1024:.1f} MiB"
+
+
 def layout_note(hw: Hardware, processes: int, threads: int, backend: str, per_device: int, grad_accum: int,
-                global_batch: int, nodes: int = 1) -> str:
+                global_batch: int, nodes: int = 1, sharding: str = "ddp") -> str:
     """What --dry-run says about a job on several processes."""
     where = "Ray Train workers" if backend == "ray" else "processes on this machine"
     if nodes > 1:
         where = (f"machines x {processes} process{'es' if processes != 1 else ''} each (torchrun rendezvous at "
                  "TUNELOOP_MASTER_ADDR)")
     ranks = processes * nodes
-    text = (f"layout: {nodes if nodes > 1 else processes} {where}, DDP over {'gloo' if hw.device == 'cpu' else 'NCCL'}; "
+    text = (f"layout: {nodes if nodes > 1 else processes} {where}, {sharding.upper()} over {'gloo' if hw.device == 'cpu' else 'NCCL'}; "
             f"{per_device} per device x {grad_accum} accumulation x {ranks} = global batch {global_batch}; "
             f"rank 0{' (on node 0)' if nodes > 1 else ''} writes the events, checkpoints and output")
     if hw.device == "cpu" and backend == "local":
@@ -396,7 +445,7 @@ def layout_note(hw: Hardware, processes: int, threads: int, backend: str, per_de
 # ---- a job resumed on another layout -------------------------------------------------------------------
 # What --num-processes / --backend decide: how the processes share a step, not what a step is.
 LAYOUT_FIELDS = ("num_processes", "backend", "world_size", "per_device_batch", "grad_accum", "threads",
-                 "gradient_checkpointing", "est_peak_memory_gb", "est_time_s")
+                 "gradient_checkpointing", "est_peak_memory_gb", "est_time_s", "sharding")
 
 
 def describe_layout(plan: Plan) -> str:
@@ -415,8 +464,12 @@ def relayout(old: Plan, new: Plan, job_id: str) -> Plan | None:
     The global batch is the job's spec and the layout only splits it, so everything but
     LAYOUT_FIELDS stays the job's (steps, learning rate, seed: its checkpoint goes on as it was); a
     layout that cannot hold the same global batch is refused, with the layouts that can."""
-    if all(getattr(old, f) == getattr(new, f) for f in LAYOUT_FIELDS[:6]) and old.nodes == new.nodes:
+    if all(getattr(old, f) == getattr(new, f) for f in LAYOUT_FIELDS[:6] + ("sharding", "nodes")):
         return None
+    if old.sharding != new.sharding:   # DDP and FSDP checkpoints hold the optimizer differently
+        raise ValidationError(f"Job {job_id} ran with {old.sharding.upper()}; its checkpoint does not resume under "
+                              f"{new.sharding.upper()}.", hint=f"Re-run it with --sharding {old.sharding}, or start a "
+                              "new job with --force.", param="sharding")
     if old.nodes > 1 or new.nodes > 1:
         raise ValidationError(f"Job {job_id} ran on {describe_layout(old)}; a job does not move to or from several "
                               "machines (--nodes).", hint="Re-run it with its own layout, or start a new job with "

@@ -177,6 +177,8 @@ class Recipe:
         ctx, job = self.ctx, self.ctx.job
         out_dir = ctx.output_dir
         if not ctx.is_main:   # rank 0 writes the output; the others' result is not used
+            if ctx.plan.sharding == "fsdp":   # (the others give it their shards of the weights)
+                self.save_weights(out_dir)
             return RecipeResult(out_dir, "adapter" if ctx.lora else "full-model", metrics)
         output_type = self.save_weights(out_dir)
         record = job["spec"]                    # as submit recorded it: the row and the job's spec.json

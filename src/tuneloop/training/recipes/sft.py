@@ -72,6 +72,7 @@ def build_trainer(*, model_dir: str, data_path: Path, work_dir: Path, plan: Plan
         packing=False,
         dataset_num_proc=None,
     )
+    common.fsdp_on_cpu(plan)
     trainer = SFTTrainer(
         model=common.load_model(model_dir, plan, lora),
         args=config,
