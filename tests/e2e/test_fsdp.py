@@ -2,18 +2,21 @@
 on the built-in tiny model train the same LoRA job as one process at the same global batch (same
 loss curve, same adapter, within float reassociation); the checkpoints are accelerate's gathered
 FSDP state (not DDP's), the output is the usual adapter folder, it loads onto the base model and is
-registered. NCCL on GPUs is not tested here (no GPU)."""
+registered; a killed FSDP job resumes from its gathered checkpoint when its command is run again,
+and not under DDP. NCCL on GPUs is not tested here (no GPU)."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import cli
-from tests.e2e.test_scale_out import LOSS_REL, WEIGHT_ABS, curve, events, finished, plan_of, tune, weights
+from tests.e2e.test_scale_out import (LOSS_REL, WEIGHT_ABS, curve, events, finished, job_processes, plan_of, tune,
+                                     wait_for_checkpoint, wait_gone, weights)
 
 pytestmark = pytest.mark.slow
 
@@ -62,3 +65,23 @@ def test_two_fsdp_processes_train_what_one_process_trains(home):
     assert len(loaded) == len(wb)
     pkg = json.loads(cli("registry", "list", "--project", "two", "--json").stdout)
     assert [p["job_id"] for p in pkg] == [two["id"]]
+
+
+def test_a_killed_fsdp_job_resumes_from_its_checkpoint_and_not_under_ddp(home):
+    args = tune("kill", "--num-processes", "2", "--sharding", "fsdp", steps=30, save=5)
+    r = cli(*args[:-1], "--no-wait")
+    assert r.returncode == 0, r.stderr
+    [job] = json.loads(cli("status", "--project", "kill", "--json").stdout)
+    wait_for_checkpoint(home, "kill", job["id"], 5)
+    [victim] = [pid for pid, rank in job_processes(job["id"]).items() if rank == 1]
+    os.kill(victim, signal.SIGKILL)
+    wait_gone(job["id"])
+    ddp = cli(*tune("kill", "--num-processes", "2", "--sharding", "ddp", steps=30, save=5))
+    assert ddp.returncode != 0 and "does not resume under DDP" in ddp.stderr + ddp.stdout, ddp.stdout + ddp.stderr
+    resumed = finished(cli(*args, timeout=600))
+    log = events(job["id"], "kill")
+    assert resumed["id"] == job["id"] and resumed["attempts"] == 2, resumed
+    starts = [line for line in log.splitlines() if "resuming from checkpoint-" in line]
+    assert starts and int(starts[0].rsplit("checkpoint-", 1)[1]) >= 5, log
+    assert sorted(curve(job["id"], "kill"))[-1] == 30
+    assert (Path(resumed["output_path"]) / "adapter_model.safetensors").is_file()
